@@ -88,7 +88,7 @@ class PrefixEncoder(nn.Module):
             opt.step()
         self.train(was)
         self.zero_grad(set_to_none=True)
-        return float(loss)
+        return float(loss.detach())
 
 
 @torch.no_grad()

@@ -1,0 +1,235 @@
+"""One training loop for every method, written out as a plain function (torchtune style).
+
+AdamW + linear schedule with warm-up, gradient clipping and accumulation, bf16/fp16 autocast, the
+original code's per-sentence summed loss, dev loss after each epoch with the best weights kept as the
+run's output, a JSONL log, a progress bar, and exact resume: data order is a pure function of
+(seed, epoch) and every checkpoint holds optimiser, schedule and RNG states, so an interrupted run that
+resumes ends with the same weights as an uninterrupted one. Checkpoints are written atomically.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import random
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from torch import Tensor
+from tqdm.auto import tqdm
+
+from .checkpoint import atomic_torch_save
+from .config import RunConfig, save_config
+from .methods import Method, build_method, stored_numel
+from .models import dtype_of, load_model, load_tokenizer, resolve_device
+
+CKPT = "checkpoints/last.pt"
+LOG = "log.jsonl"
+
+
+@dataclass
+class TrainResult:
+    run_dir: Path
+    steps: int
+    best_dev_loss: float | None
+    train_seconds: float
+    seconds_per_epoch: float
+    stored_params: int
+    trainable_params: int
+    artifact: Path
+
+
+def load_datasets(cfg: RunConfig, tokenizer):
+    """Train and dev examples as (input_ids, labels) pairs, per the data config (low-data aware)."""
+    from . import data
+
+    train = data.load_e2e("train", variant=cfg.data.variant, data_dir=cfg.data.dir, on_error=cfg.data.on_error)
+    if cfg.data.train_size is not None:
+        train, dev = data.low_data_split(train, cfg.data.train_size, cfg.data.subset_seed)
+    else:
+        dev = data.load_e2e("dev", variant=cfg.data.variant, data_dir=cfg.data.dir, on_error=cfg.data.on_error)
+    if cfg.data.dev_size is not None:
+        dev = dev[: cfg.data.dev_size]
+    enc = lambda exs: [data.encode_example(tokenizer, e.table, e.ref, max_length=cfg.data.max_length) for e in exs]
+    return enc(train), enc(dev)
+
+
+def batch_loss(method: Method, batch: dict[str, Tensor], mode: str, dtype: torch.dtype | None) -> tuple[Tensor, int]:
+    """Loss of one batch and its number of target tokens.
+
+    sentence_sum: each sentence's token losses are summed, then averaged over the batch (original code);
+    token_mean: mean over all target tokens.
+    """
+    logits = method.forward(batch["input_ids"], batch["attention_mask"], dtype)  # (B, T, V)
+    labels = batch["labels"][:, 1:]  # predict token t+1 from position t
+    logp = torch.nn.functional.cross_entropy(logits[:, :-1].float().transpose(1, 2), labels,
+                                             ignore_index=-100, reduction="none")  # (B, T-1)
+    n_tokens = int((labels != -100).sum())
+    if mode == "sentence_sum":
+        return logp.sum(1).mean(), n_tokens
+    return logp.sum() / max(n_tokens, 1), n_tokens
+
+
+def batches(n: int, batch_size: int, seed: int, epoch: int) -> list[list[int]]:
+    """Shuffled batches of one epoch: a pure function of (seed, epoch), so a resumed run sees the same order."""
+    order = torch.randperm(n, generator=torch.Generator().manual_seed(seed * 1000 + epoch)).tolist()
+    return [order[i:i + batch_size] for i in range(0, n, batch_size)]
+
+
+@torch.no_grad()
+def dev_loss(method: Method, dev, pad_id: int, cfg: RunConfig, device, dtype) -> float:
+    """Mean per-sentence loss on dev (same reduction as training, summed over batches exactly)."""
+    from .data import collate
+
+    method.eval_mode()
+    total, count = 0.0, 0
+    for i in range(0, len(dev), cfg.train.batch_size):
+        chunk = dev[i:i + cfg.train.batch_size]
+        batch = {k: v.to(device) for k, v in collate(chunk, pad_id).items()}
+        with _autocast(device, dtype):
+            loss, _ = batch_loss(method, batch, cfg.train.loss, dtype)
+        total += float(loss) * len(chunk)
+        count += len(chunk)
+    return total / max(count, 1)
+
+
+def _autocast(device: torch.device, dtype: torch.dtype | None):
+    return torch.autocast(device.type, dtype=dtype, enabled=dtype is not None)
+
+
+def _rng_state() -> dict:
+    state = {"torch": torch.get_rng_state(), "python": random.getstate()}
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def _set_rng_state(state: dict) -> None:
+    torch.set_rng_state(state["torch"])
+    random.setstate(state["python"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def train(cfg: RunConfig, *, resume: bool = True, max_steps_this_call: int | None = None) -> TrainResult:
+    """Train per `cfg`, writing everything into `cfg.out_dir`. Re-running resumes from the last checkpoint.
+
+    max_steps_this_call: stop (after checkpointing) once this many steps ran in this call; for tests of
+    resume and for time-boxed jobs.
+    """
+    run_dir = Path(cfg.out_dir)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    save_config(cfg, run_dir / "config.yaml")
+    if cfg.train.num_threads:
+        torch.set_num_threads(cfg.train.num_threads)
+    device = resolve_device(cfg.train.device)
+    dtype = dtype_of(cfg.train.precision)
+
+    torch.manual_seed(cfg.train.seed)
+    random.seed(cfg.train.seed)
+    tokenizer = load_tokenizer(cfg.model.name, cfg.data.dir)
+    model = load_model(cfg.model.name, revision=cfg.model.revision).to(device)
+    method = build_method(cfg.method, model, tokenizer, seed=cfg.train.seed)
+    train_set, dev_set = load_datasets(cfg, tokenizer)
+    if not train_set:
+        raise ValueError("no training examples")
+
+    micro = cfg.train.batch_size // cfg.train.grad_accum
+    steps_per_epoch = math.ceil(len(train_set) / cfg.train.batch_size)
+    total_steps = cfg.train.max_steps or steps_per_epoch * cfg.train.epochs
+    params = method.trainable()
+    opt = torch.optim.AdamW(params, lr=cfg.train.lr, weight_decay=cfg.train.weight_decay)
+    warm = cfg.train.warmup_steps
+    sched = torch.optim.lr_scheduler.LambdaLR(
+        opt, lambda s: (s + 1) / warm if s < warm else max(0.0, (total_steps - s) / max(1, total_steps - warm)))
+    scaler = torch.amp.GradScaler(device.type, enabled=dtype == torch.float16 and device.type == "cuda")
+
+    step, best, train_seconds = 0, None, 0.0
+    ckpt_path = run_dir / CKPT
+    if resume and ckpt_path.is_file():
+        ck = torch.load(ckpt_path, map_location=device, weights_only=False)
+        method.load_trainable_state(ck["trainable"])
+        opt.load_state_dict(ck["optimizer"])
+        sched.load_state_dict(ck["scheduler"])
+        step, best, train_seconds = ck["step"], ck["best_dev_loss"], ck["train_seconds"]
+        _set_rng_state(ck["rng"])
+    elif (run_dir / LOG).exists():
+        (run_dir / LOG).unlink()  # a fresh run: the old log would mix two runs
+
+    def checkpoint() -> None:
+        atomic_torch_save({"trainable": method.trainable_state(), "optimizer": opt.state_dict(),
+                           "scheduler": sched.state_dict(), "step": step, "best_dev_loss": best,
+                           "train_seconds": train_seconds, "rng": _rng_state()}, ckpt_path)
+
+    def evaluate(tag: dict) -> None:
+        nonlocal best
+        if not dev_set:
+            return
+        loss = dev_loss(method, dev_set, tokenizer.pad_token_id, cfg, device, dtype)
+        log.write(json.dumps({**tag, "step": step, "dev_loss": loss}) + "\n")
+        log.flush()
+        if best is None or loss < best:
+            best = loss
+            method.save(run_dir, cfg)  # the best weights are the run's output
+        method.train_mode(cfg.method.backbone_dropout)
+
+    from .data import collate
+
+    log = open(run_dir / LOG, "a", encoding="utf-8")
+    bar = tqdm(total=total_steps, initial=step, desc=f"train {cfg.method.name}", unit="step", dynamic_ncols=True)
+    ran = 0
+    method.train_mode(cfg.method.backbone_dropout)
+    try:
+        while step < total_steps:
+            epoch, in_epoch = divmod(step, steps_per_epoch)
+            idx = batches(len(train_set), cfg.train.batch_size, cfg.train.seed, epoch)[in_epoch]
+            t0 = time.perf_counter()
+            n_tok, loss_sum = 0, 0.0
+            opt.zero_grad(set_to_none=True)
+            for j in range(0, len(idx), micro):
+                part = [train_set[i] for i in idx[j:j + micro]]
+                batch = {k: v.to(device) for k, v in collate(part, tokenizer.pad_token_id).items()}
+                with _autocast(device, dtype):
+                    loss, n = batch_loss(method, batch, cfg.train.loss, dtype)
+                loss = loss * len(part) / len(idx)  # accumulation gives the same mean as one big batch
+                scaler.scale(loss).backward()
+                loss_sum += float(loss)
+                n_tok += int(batch["attention_mask"].sum())
+            if cfg.train.max_grad_norm is not None:
+                scaler.unscale_(opt)
+                torch.nn.utils.clip_grad_norm_(params, cfg.train.max_grad_norm)
+            lr = sched.get_last_lr()[0]
+            scaler.step(opt)
+            scaler.update()
+            sched.step()
+            step += 1
+            ran += 1
+            dt = time.perf_counter() - t0
+            train_seconds += dt
+            log.write(json.dumps({"step": step, "epoch": epoch, "loss": loss_sum, "lr": lr,
+                                  "tokens_per_s": n_tok / dt, "seconds": dt}) + "\n")
+            bar.update(1)
+            bar.set_postfix(loss=f"{loss_sum:.3f}", lr=f"{lr:.2e}")
+            end_of_epoch = step % steps_per_epoch == 0
+            if cfg.train.eval_every_epoch and (end_of_epoch or step == total_steps):
+                evaluate({"epoch": epoch})
+            elif cfg.train.eval_steps and step % cfg.train.eval_steps == 0:
+                evaluate({"epoch": epoch})
+            if step % cfg.train.save_every == 0 or end_of_epoch or step == total_steps:
+                checkpoint()
+            if max_steps_this_call is not None and ran >= max_steps_this_call and step < total_steps:
+                checkpoint()
+                break
+    finally:
+        bar.close()
+        log.close()
+
+    artifact = run_dir / ("prefix.safetensors" if method.encoder is not None else "model.safetensors")
+    if step >= total_steps and (best is None or not artifact.exists()):
+        method.save(run_dir, cfg)  # no dev set: the last weights are the output
+    epochs_done = step / steps_per_epoch
+    return TrainResult(run_dir, step, best, train_seconds, train_seconds / max(epochs_done, 1e-9),
+                       stored_numel(cfg, model, method.encoder.length if method.encoder else None),
+                       sum(p.numel() for p in params), artifact)

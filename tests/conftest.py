@@ -1,0 +1,21 @@
+"""Shared fixtures. Data comes from ../shared/data beside the repo (CI has it) or $PREFIX_TUNING_DATA."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+DATA_DIR = Path(os.environ.get("PREFIX_TUNING_DATA") or REPO.parent / "shared" / "data")
+os.environ.setdefault("PREFIX_TUNING_DATA", str(DATA_DIR))
+# Keep model caches of tests away from the user's cache.
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+
+@pytest.fixture(scope="session")
+def data_dir() -> Path:
+    if not (DATA_DIR / "e2e" / "e2e-dataset.zip").is_file():
+        pytest.fail(f"E2E data not found in {DATA_DIR}; set PREFIX_TUNING_DATA")
+    return DATA_DIR
