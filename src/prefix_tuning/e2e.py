@@ -1,0 +1,419 @@
+"""E2E NLG data: reading the official release (zip or CSV folder) and the cleaned variant, MR linearisation,
+grouping references by MR, low-data subsets, and locating (or downloading) the data.
+
+Everything here is re-exported by `prefix_tuning.data`; import it from there.
+
+Format of the original code (XiangLi1999/PrefixTuning). Its E2E files (`e2e_data/src1_{train,valid,test}.txt`,
+read by `gpt2/run_generation.py::read_e2e_files` and by `LineByLineData2TextTextDataset` in
+`transformers/src/transformers/data/datasets/language_modeling.py`) hold one `table||reference` line per CSV
+row, in CSV order. The table writes the MR `name[Blue Spice], eatType[coffee shop], area[city centre]` as
+`name : Blue Spice | Type : coffee shop | area : city centre` (the QUICK_CHECK prompts of
+`gpt2/run_generation.py` list such tables): slots in MR order, `slot : value`, joined by ` | `, with
+eatType -> `Type`, priceRange -> `price`, familyFriendly -> `family friendly` and every other slot name
+(name, food, customer rating, area, near) unchanged.
+"""
+
+from __future__ import annotations
+
+import csv
+import gzip
+import hashlib
+import io
+import logging
+import os
+import random
+import re
+import tempfile
+import urllib.error
+import urllib.request
+import warnings
+import zipfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Sequence
+
+log = logging.getLogger(__name__)
+
+ENV_VAR = "PREFIX_TUNING_DATA"
+E2E_URL = "https://github.com/tuetschek/e2e-dataset/releases/download/v1.0.0/e2e-dataset.zip"
+"""The official release zip (GitHub release v1.0.0 of tuetschek/e2e-dataset)."""
+E2E_SHA256 = "1261064c01907af27e8cc39e0a29a81541f6ab69208c1cbfc1be95afbb49dfac"
+ZIP_NAME = "e2e-dataset.zip"
+
+SPLITS = ("train", "dev", "test")
+VARIANTS = ("official", "cleaned")
+_OFFICIAL_FILES = {"train": "trainset.csv", "dev": "devset.csv", "test": "testset_w_refs.csv"}
+_CLEANED_FILES = {"train": "train-fixed.no-ol.csv", "dev": "devel-fixed.no-ol.csv", "test": "test-fixed.csv"}
+
+# MR slot name -> table key, as in the original's data files (see the module docstring).
+SLOT_NAMES = {"eatType": "Type", "priceRange": "price", "familyFriendly": "family friendly"}
+
+
+class DataError(ValueError):
+    """Bad or missing data. The message reads `<file>:<line>: <what was wrong>; expected <what>`."""
+
+
+@dataclass(frozen=True)
+class Example:
+    mr: str
+    """The raw MR, e.g. `name[The Eagle], eatType[coffee shop]`."""
+    table: str
+    """The MR linearised as the original code does: `name : The Eagle | Type : coffee shop`."""
+    ref: str
+    """The reference text (see `load_e2e` for `ref_style`)."""
+    source: str = ""
+    """`file:line` where the row starts, for messages."""
+
+
+@dataclass(frozen=True)
+class MRGroup:
+    mr: str
+    table: str
+    refs: tuple[str, ...]
+
+
+class ExampleList(list):
+    """A `list[Example]` that also carries `skipped`: one `file:line: reason` string per row left out
+    by `load_e2e(..., on_error="skip")` (empty when nothing was skipped or with on_error="raise")."""
+
+    skipped: list[str]
+
+    def __init__(self, items=(), skipped: Sequence[str] = ()):
+        super().__init__(items)
+        self.skipped = list(skipped)
+
+
+# ---------------------------------------------------------------------------------------------- MRs
+
+_SLOT = re.compile(r"\s*([^\[\],]*?)\s*\[([^\[\]]*)\]\s*(,|$)")
+
+
+def parse_mr(mr: str, *, where: str = "") -> list[tuple[str, str]]:
+    """`name[The Eagle], eatType[pub]` -> [("name", "The Eagle"), ("eatType", "pub")] (MR order kept)."""
+    at = f"{where}: " if where else ""
+    expected = "expected 'slot[value]' items separated by commas, e.g. 'name[The Eagle], eatType[pub]'"
+    if not mr.strip():
+        raise DataError(f"{at}empty MR; {expected}")
+    slots, pos = [], 0
+    while pos < len(mr):
+        m = _SLOT.match(mr, pos)
+        if m is None or not m.group(1) or not m.group(2).strip() or (m.group(3) == "," and m.end() == len(mr)):
+            rest = mr[pos:].strip()
+            what = (f"slot without a name at {rest!r}" if m is not None and not m.group(1)
+                    else f"empty value in {rest!r}" if m is not None and not m.group(2).strip()
+                    else "trailing comma" if m is not None else f"cannot parse {rest!r}")
+            raise DataError(f"{at}unparseable MR {mr!r} ({what}); {expected}")
+        slots.append((m.group(1), m.group(2).strip()))
+        pos = m.end()
+    return slots
+
+
+def linearize_mr(mr: str, *, where: str = "") -> str:
+    """The original's table for an MR: `name[Blue Spice], eatType[coffee shop], priceRange[high],
+    familyFriendly[no]` -> `name : Blue Spice | Type : coffee shop | price : high | family friendly : no`
+    (format of XiangLi1999/PrefixTuning's `e2e_data/src1_*.txt`, see `gpt2/run_generation.py`).
+    Raises DataError (prefixed with `where`) on an unparseable MR."""
+    return " | ".join(f"{SLOT_NAMES.get(k, k)} : {v}" for k, v in parse_mr(mr, where=where))
+
+
+def group_by_mr(examples: Sequence[Example]) -> list[MRGroup]:
+    """Unique MRs in order of first appearance, each with all its references (in file order). This is the
+    grouping the original uses for decoding (one output per unique table) and for the reference file."""
+    order: dict[str, tuple[str, list[str]]] = {}
+    for e in examples:
+        order.setdefault(e.mr, (e.table, []))[1].append(e.ref)
+    return [MRGroup(mr, table, tuple(refs)) for mr, (table, refs) in order.items()]
+
+
+# ------------------------------------------------------------------------------------------ low data
+
+def _permutation(n: int, seed: int) -> list[int]:
+    """A seeded permutation of range(n) that is the same on every machine and Python version: a
+    Fisher-Yates shuffle driven only by `random.Random(seed).random()`, the one output Python guarantees
+    to stay the same across versions for a given seed (unlike `shuffle`/`sample`/`randrange`)."""
+    rng = random.Random(seed)
+    order = list(range(n))
+    for i in range(n - 1, 0, -1):
+        j = min(int(rng.random() * (i + 1)), i)
+        order[i], order[j] = order[j], order[i]
+    return order
+
+
+def low_data_split(examples: Sequence[Example], size: int, seed: int) -> tuple[list[Example], list[Example]]:
+    """The paper's low-data setting (§7.1 and appendix: subsets of 50/100/200/500 sampled from the full
+    training set, with a dev split of 30% of the training size).
+
+    Samples ROWS (MR/reference pairs) uniformly without replacement from `examples` (normally the full
+    official train set), not MRs: the original trains on `table||ref` lines, so a low-data file is a set of
+    lines. Returns `size` train examples and `round(0.3 * size)` dev examples, disjoint as rows (the same MR
+    may occur in both, as with any row sample). Both lists keep file order. Reproducible: see `_permutation`.
+    """
+    if not isinstance(size, int) or size <= 0:
+        raise ValueError(f"low-data size must be a positive int, got {size!r}")
+    n_dev = round(0.3 * size)
+    if size + n_dev > len(examples):
+        raise ValueError(f"low-data size {size} needs {size + n_dev} examples (train + 30% dev); "
+                         f"only {len(examples)} given")
+    order = _permutation(len(examples), seed)
+    train_idx, dev_idx = sorted(order[:size]), sorted(order[size:size + n_dev])
+    return [examples[i] for i in train_idx], [examples[i] for i in dev_idx]
+
+
+def low_data_subset(examples: Sequence[Example], size: int, seed: int) -> list[Example]:
+    """The `size` training examples of `low_data_split(examples, size, seed)` (same sample, same order)."""
+    if not isinstance(size, int) or size <= 0:
+        raise ValueError(f"low-data size must be a positive int, got {size!r}")
+    if size > len(examples):
+        raise ValueError(f"low-data size {size} > {len(examples)} examples")
+    return [examples[i] for i in sorted(_permutation(len(examples), seed)[:size])]
+
+
+# -------------------------------------------------------------------------------------- data location
+
+def _cache_dir() -> Path:
+    xdg = os.environ.get("XDG_CACHE_HOME", "")
+    base = Path(xdg) if xdg and os.path.isabs(xdg) else Path.home() / ".cache"
+    return base / "prefix-tuning" / "data"
+
+
+def _official_source(d: Path) -> Path | None:
+    """Where the official CSVs are under data dir `d`: the release zip, or a folder holding trainset.csv."""
+    for z in (d / "e2e" / ZIP_NAME, d / ZIP_NAME):
+        if z.is_file():
+            return z
+    for f in (d / "e2e", d / "e2e" / "e2e-dataset", d, d / "e2e-dataset"):
+        if (f / "trainset.csv").is_file() or (f / "testset_w_refs.csv").is_file():
+            return f
+    return None
+
+
+def _options_text(chosen: Path | None = None) -> str:
+    return (f"pass the data folder explicitly (data_dir / data.dir), set ${ENV_VAR} to it, or put the data in "
+            f"the user cache dir {_cache_dir()}" + (f" (looked in {chosen})" if chosen else "")
+            + f"; the official zip is {E2E_URL} (sha256 {E2E_SHA256}), expected at <data dir>/e2e/{ZIP_NAME}")
+
+
+def _pick_dir(path: str | os.PathLike | None) -> Path:
+    if path is not None:
+        return Path(path).expanduser()
+    env = os.environ.get(ENV_VAR)
+    if env:
+        return Path(env).expanduser()
+    return _cache_dir()
+
+
+def resolve_data_dir(path: str | os.PathLike | None = None, *, download: bool = True) -> Path:
+    """The data folder: `path` if given, else $PREFIX_TUNING_DATA, else the user cache dir
+    ($XDG_CACHE_HOME or ~/.cache, then prefix-tuning/data). The chosen folder must hold `e2e/e2e-dataset.zip`
+    (or the E2E CSVs, see `load_e2e`). If it does not and `download` is true, the official release zip is
+    downloaded to `<dir>/e2e/e2e-dataset.zip`, its sha256 checked, and written atomically. Failure (offline,
+    bad checksum, unwritable folder) or download=False raises DataError naming all three options and the URL.
+    """
+    d = _pick_dir(path)
+    if _official_source(d) is not None:
+        return d
+    if not download:
+        raise DataError(f"{d}: no E2E data found; expected {d / 'e2e' / ZIP_NAME} or a folder of the E2E CSVs. "
+                        + _options_text(d))
+    dest = d / "e2e" / ZIP_NAME
+    try:
+        download_e2e(dest)
+    except DataError as err:
+        raise DataError(f"{err}. " + _options_text(d)) from err
+    return d
+
+
+def download_e2e(dest: Path, url: str | None = None, sha256: str | None = None) -> Path:
+    """Download `url` (default E2E_URL) to `dest` atomically (temp file in the same folder, then rename) after
+    checking its sha256 (default E2E_SHA256)."""
+    url, sha256 = url or E2E_URL, sha256 or E2E_SHA256
+    log.info("downloading the E2E dataset from %s to %s", url, dest)
+    tmp = None
+    try:
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        h = hashlib.sha256()
+        with urllib.request.urlopen(url, timeout=60) as resp, \
+                tempfile.NamedTemporaryFile(dir=dest.parent, prefix=".download-", delete=False) as f:
+            tmp = Path(f.name)
+            while chunk := resp.read(1 << 20):
+                h.update(chunk)
+                f.write(chunk)
+        if h.hexdigest() != sha256:
+            raise DataError(f"{url}: sha256 mismatch (got {h.hexdigest()}); expected {sha256}")
+        os.replace(tmp, dest)
+        tmp = None
+    except DataError:
+        raise
+    except (urllib.error.URLError, OSError, ValueError) as err:
+        raise DataError(f"{url}: download failed ({err}); expected a reachable official E2E release") from err
+    finally:
+        if tmp is not None:
+            tmp.unlink(missing_ok=True)
+    return dest
+
+
+# --------------------------------------------------------------------------------------- CSV reading
+
+def _read_official(d: Path, split: str) -> tuple[str, bytes]:
+    src = _official_source(d)
+    fname = _OFFICIAL_FILES[split]
+    if src is None:
+        raise DataError(f"{d}: no E2E data found; expected {d / 'e2e' / ZIP_NAME} or a folder holding {fname}. "
+                        + _options_text(d))
+    if src.is_file():
+        try:
+            with zipfile.ZipFile(src) as z:
+                names = [n for n in z.namelist() if n == fname or n.endswith("/" + fname)]
+                if not names:
+                    raise DataError(f"{src.name}: no member {fname}; expected the official release "
+                                    f"(e2e-dataset/{fname})")
+                member = min(names, key=len)
+                return f"{src.name}:{member}", z.read(member)
+        except zipfile.BadZipFile as err:
+            raise DataError(f"{src}:1: not a readable zip ({err}); expected the official {ZIP_NAME}") from err
+    f = src / fname
+    if not f.is_file():
+        raise DataError(f"{f}: file missing; expected {fname} beside {', '.join(sorted(p.name for p in src.glob('*.csv')))}")
+    return str(f), f.read_bytes()
+
+
+def _read_cleaned(d: Path, split: str) -> tuple[str, bytes]:
+    fname = _CLEANED_FILES[split]
+    for folder in (d / "e2e-cleaned", d):
+        for f in (folder / fname, folder / (fname + ".gz")):
+            if f.is_file():
+                raw = f.read_bytes()
+                if f.suffix == ".gz":
+                    try:
+                        raw = gzip.decompress(raw)
+                    except (OSError, EOFError) as err:
+                        raise DataError(f"{f}:1: not a readable gzip file ({err}); expected gzipped CSV") from err
+                return str(f), raw
+    raise DataError(f"{d / 'e2e-cleaned'}: {fname}(.gz) not found; expected the cleaned E2E files "
+                    f"(tuetschek/e2e-cleaning: {', '.join(_CLEANED_FILES.values())}) in <data dir>/e2e-cleaned/")
+
+
+def _clean_ref(ref: str) -> str:
+    """The CSV reference with surrounding whitespace stripped and line breaks (two official train refs hold
+    one, with the indentation after it) turned into one space; nothing else changes."""
+    return re.sub(r"[ \t]*[\r\n]+[ \t]*", " ", ref).strip()
+
+
+def _parse_csv(name: str, raw: bytes, on_error: str) -> tuple[list[Example], list[str]]:
+    text = raw.decode("utf-8", errors="surrogateescape")
+    if text.startswith("\ufeff"):
+        text = text[1:]
+    reader = csv.reader(io.StringIO(text, newline=""), strict=True)
+    skipped: list[str] = []
+
+    def bad(line: int, msg: str) -> None:
+        if on_error == "raise":
+            raise DataError(f"{name}:{line}: {msg}")
+        skipped.append(f"{name}:{line}: {msg}")
+
+    try:
+        header = next(reader)
+    except StopIteration:
+        raise DataError(f"{name}:1: empty file; expected a CSV header with columns 'mr' and 'ref'") from None
+    except csv.Error as err:
+        raise DataError(f"{name}:1: malformed CSV header ({err}); expected columns 'mr' and 'ref'") from None
+    if _has_bad_bytes(header):
+        raise DataError(f"{name}:1: not valid UTF-8; expected a UTF-8 encoded CSV")
+    cols = [c.strip().lower() for c in header]
+    missing = [c for c in ("mr", "ref") if c not in cols]
+    if missing:
+        raise DataError(f"{name}:1: header {header!r} lacks column {' and '.join(repr(c) for c in missing)}; "
+                        "expected a header with columns 'mr' and 'ref'")
+    i_mr, i_ref = cols.index("mr"), cols.index("ref")
+    out: list[Example] = []
+    end = reader.line_num
+    while True:
+        start = end + 1
+        try:
+            row = next(reader)
+        except StopIteration:
+            break
+        except csv.Error as err:
+            bad(start, f"malformed CSV record ({err}); expected {len(header)} comma-separated, quoted fields")
+            end = reader.line_num  # the reader goes on with the next line
+            continue
+        end = reader.line_num
+        if not row:
+            continue  # a blank line
+        where = f"{name}:{start}"
+        if _has_bad_bytes(row):
+            bad(start, "not valid UTF-8; expected a UTF-8 encoded CSV")
+            continue
+        if len(row) != len(header):
+            bad(start, f"{len(row)} fields; expected {len(header)} ({', '.join(header)})")
+            continue
+        ref = _clean_ref(row[i_ref])
+        if not ref:
+            bad(start, "empty reference; expected the text of the reference in column 'ref'")
+            continue
+        try:
+            table = linearize_mr(row[i_mr], where=where)
+        except DataError as err:
+            if on_error == "raise":
+                raise
+            skipped.append(str(err))
+            continue
+        out.append(Example(mr=row[i_mr].strip(), table=table, ref=ref, source=where))
+    return out, skipped
+
+
+def _has_bad_bytes(fields: Sequence[str]) -> bool:
+    return any(re.search("[\udc80-\udcff]", f) for f in fields)
+
+
+def load_e2e_report(split: str, *, variant: str = "official", data_dir=None, on_error: str = "raise",
+                    ref_style: str = "raw") -> tuple[list[Example], list[str]]:
+    """Like `load_e2e`, returning (examples, skipped) where skipped holds one `file:line: reason` per bad row."""
+    exs = load_e2e(split, variant=variant, data_dir=data_dir, on_error=on_error, ref_style=ref_style)
+    return list(exs), list(exs.skipped)
+
+
+def load_e2e(split: str, *, variant: str = "official", data_dir=None, on_error: str = "raise",
+             ref_style: str = "raw") -> ExampleList:
+    """Examples of one E2E split, one per CSV row, in file order.
+
+    split: train / dev / test (test = `testset_w_refs.csv`, the MRs with their references).
+    variant: `official` reads `<data dir>/e2e/e2e-dataset.zip` (preferred when present) or a folder of the CSVs
+      (`<data dir>/e2e/`, `<data dir>/e2e/e2e-dataset/`, or `<data dir>` itself); `cleaned` reads
+      `<data dir>/e2e-cleaned/{train-fixed.no-ol.csv.gz, devel-fixed.no-ol.csv, test-fixed.csv}` (any of them
+      may be gzipped or not), using its cleaned `mr` column.
+    data_dir: see `resolve_data_dir` (downloads the official zip when missing and online).
+    on_error: `raise` a DataError on the first bad row (`file:line: what; expected what`, the line being the
+      physical line where the record starts), or `skip` bad rows: they are logged and warned about
+      (count + first reasons) and listed in the returned list's `.skipped` (see also `load_e2e_report`).
+      File-level problems (missing file or column, unreadable zip) always raise.
+    ref_style: `raw`, the CSV text (stripped, line breaks -> spaces). Only `raw` is implemented: the
+      original's pre-tokenised references ("it 's", "family - friendly", "£ 30", trailing space) come from data
+      files whose tokeniser is not published, so they cannot be matched exactly.
+    """
+    if split not in SPLITS:
+        raise ValueError(f"split must be one of {SPLITS}, got {split!r}")
+    if variant not in VARIANTS:
+        raise ValueError(f"variant must be one of {VARIANTS}, got {variant!r}")
+    if on_error not in ("raise", "skip"):
+        raise ValueError(f"on_error must be 'raise' or 'skip', got {on_error!r}")
+    if ref_style != "raw":
+        raise ValueError(f"ref_style {ref_style!r} is not supported; expected 'raw' (see load_e2e's docstring)")
+    if variant == "official":
+        name, raw = _read_official(resolve_data_dir(data_dir), split)
+    else:
+        name, raw = _read_cleaned(_pick_dir(data_dir), split)
+    examples, skipped = _parse_csv(name, raw, on_error)
+    if skipped:
+        msg = (f"{name}: skipped {len(skipped)} bad row(s): " + "; ".join(skipped[:3])
+               + ("; ..." if len(skipped) > 3 else ""))
+        log.warning(msg)
+        warnings.warn(msg, stacklevel=2)
+    return ExampleList(examples, skipped)
+
+
+__all__ = [
+    "DataError", "Example", "MRGroup", "ExampleList", "parse_mr", "linearize_mr", "group_by_mr",
+    "low_data_subset", "low_data_split", "resolve_data_dir", "download_e2e", "load_e2e", "load_e2e_report",
+    "E2E_URL", "E2E_SHA256", "ENV_VAR", "SLOT_NAMES",
+]
