@@ -149,6 +149,51 @@ def test_linearize_keeps_order_and_unknown_slots():
     assert linearize_mr(" name[The Eagle] ,  rating[ 5 ] ") == "name : The Eagle | rating : 5"
 
 
+# Lines of the original's e2e_data/src1_test.txt (copy in Ding7654321/Continuous_Prompt), references as
+# written there (the file adds one trailing space after most of them, which is not reproduced).
+ORIGINAL_TOKENIZED = {
+    # testset_w_refs.csv row (1-based) -> reference in src1_test.txt
+    14: "Near Burger King is the Blue Spice coffee shop . It has average customer ratings .",
+    33: "The Blue Spice is a pub that also serves Chinese food , it 's located in the city center . The pub is n't "
+        "very family friendly , but the proximity to the Rainbow Vegetarian Café makes up for it .",
+    54: "Kid friendly , .Blue Spice Chinese pub is in riverside , near Rainbow Vegetarian Café .",
+    91: "Blue Spice is a pub serving English food . You 'll find it alongside the river near to the Rainbow Vegetarian "
+        "Café . It is n't a family - friendly establishment .",
+    122: "An English serving child friendly pub in Riverside is Blue Spice near Rainbow Vegetarian Café",
+}
+ORIGINAL_TOKENIZED_TABLE = ("name : The Cricketers | Type : restaurant | food : Chinese | price : £ 20 - 25 | "
+                            "customer rating : high | area : city centre | family friendly : no | near : All Bar One")
+
+
+def test_tokenized_matches_original_files():
+    pytest.importorskip("spacy")
+    if not ZIP.is_file():
+        pytest.skip(f"E2E data not found at {SHARED}")
+    test = load_e2e("test", data_dir=SHARED, ref_style="tokenized")
+    for row, ref in ORIGINAL_TOKENIZED.items():
+        assert test[row - 1].ref == ref
+    assert test[1160].table == ORIGINAL_TOKENIZED_TABLE  # row 1161, the first with priceRange[£20-25]
+    assert [e.table for e in test[:15]] == SRC1_TEST_HEAD
+    assert test[0].mr == "name[Blue Spice], eatType[coffee shop], area[city centre]"  # the MR stays raw
+    assert linearize_mr("priceRange[more than £30], near[Café Adriatic]", tokenized=True) == \
+        "price : more than £ 30 | near : Café Adriatic"
+
+
+def test_tokenized_without_spacy_says_so(tmp_path, monkeypatch):
+    import sys
+    from prefix_tuning import e2e_tokenize
+    monkeypatch.setitem(sys.modules, "spacy", None)  # makes `import spacy` fail
+    e2e_tokenize._tokenizer.cache_clear()
+    root = write_split(tmp_path, b"")
+    try:
+        with pytest.raises(ImportError, match="pip install spacy"):
+            load_e2e("train", data_dir=root, ref_style="tokenized")
+    finally:
+        e2e_tokenize._tokenizer.cache_clear()
+    with pytest.raises(ValueError, match="ref_style"):
+        load_e2e("train", data_dir=root, ref_style="nltk")
+
+
 @pytest.mark.parametrize("mr", ["name[The Eagle", "name The Eagle, eatType[pub]", "", "name[X], ", "[X]",
                                 "name[]", "name[a[b]]"])
 def test_linearize_rejects(mr):

@@ -1,5 +1,5 @@
-"""Data for training and decoding: the E2E readers (re-exported from `prefix_tuning.e2e`), the training
-sequence with its loss mask, the generation prompt, a pre-tokenised Dataset and right-padding collation.
+"""Data for training and decoding: the E2E readers (re-exported from `prefix_tuning.e2e`), low-data subsets,
+the training sequence with its loss mask, the generation prompt, a pre-tokenised Dataset and right-padding collation.
 
 The original training sequence (XiangLi1999/PrefixTuning, `LineByLineData2TextTextDataset` in
 `transformers/src/transformers/data/datasets/language_modeling.py`, with bos_tok = eos_tok = GPT-2's
@@ -29,6 +29,7 @@ own start tokens (e.g. Llama's BOS) gets them in front of the table, masked, as 
 
 from __future__ import annotations
 
+import random
 import weakref
 from typing import Sequence
 
@@ -49,13 +50,57 @@ from .e2e import (  # noqa: F401  (re-exported: `from prefix_tuning.data import 
     linearize_mr,
     load_e2e,
     load_e2e_report,
-    low_data_split,
-    low_data_subset,
     parse_mr,
     resolve_data_dir,
 )
 
 IGNORE_INDEX = -100
+
+
+# ------------------------------------------------------------------------------------------ low data
+
+def _permutation(n: int, seed: int) -> list[int]:
+    """A seeded permutation of range(n) that is the same on every machine and Python version: a
+    Fisher-Yates shuffle driven only by `random.Random(seed).random()`, the one output Python guarantees
+    to stay the same across versions for a given seed (unlike `shuffle`/`sample`/`randrange`)."""
+    rng = random.Random(seed)
+    order = list(range(n))
+    for i in range(n - 1, 0, -1):
+        j = min(int(rng.random() * (i + 1)), i)
+        order[i], order[j] = order[j], order[i]
+    return order
+
+
+def low_data_split(examples: Sequence[Example], size: int, seed: int) -> tuple[list[Example], list[Example]]:
+    """The paper's low-data setting (§7.1 and appendix: subsets of 50/100/200/500 sampled from the full
+    training set, with a dev split of 30% of the training size).
+
+    Samples ROWS (MR/reference pairs) uniformly without replacement from `examples` (normally the full
+    official train set), not MRs: the original trains on `table||ref` lines, so a low-data file is a set of
+    lines. Returns `size` train examples and `round(0.3 * size)` dev examples, disjoint as rows (the same MR
+    may occur in both, as with any row sample). Both lists keep file order. Reproducible: see `_permutation`.
+    """
+    if not isinstance(size, int) or size <= 0:
+        raise ValueError(f"low-data size must be a positive int, got {size!r}")
+    n_dev = round(0.3 * size)
+    if size + n_dev > len(examples):
+        raise ValueError(f"low-data size {size} needs {size + n_dev} examples (train + 30% dev); "
+                         f"only {len(examples)} given")
+    order = _permutation(len(examples), seed)
+    train_idx, dev_idx = sorted(order[:size]), sorted(order[size:size + n_dev])
+    return [examples[i] for i in train_idx], [examples[i] for i in dev_idx]
+
+
+def low_data_subset(examples: Sequence[Example], size: int, seed: int) -> list[Example]:
+    """The `size` training examples of `low_data_split(examples, size, seed)` (same sample, same order)."""
+    if not isinstance(size, int) or size <= 0:
+        raise ValueError(f"low-data size must be a positive int, got {size!r}")
+    if size > len(examples):
+        raise ValueError(f"low-data size {size} > {len(examples)} examples")
+    return [examples[i] for i in sorted(_permutation(len(examples), seed)[:size])]
+
+
+# ------------------------------------------------------------------------------------------ encoding
 
 _prefix_cache: "weakref.WeakKeyDictionary" = weakref.WeakKeyDictionary()
 

@@ -1,5 +1,5 @@
 """E2E NLG data: reading the official release (zip or CSV folder) and the cleaned variant, MR linearisation,
-grouping references by MR, low-data subsets, and locating (or downloading) the data.
+grouping references by MR, and locating (or downloading) the data.
 
 Everything here is re-exported by `prefix_tuning.data`; import it from there.
 
@@ -21,14 +21,13 @@ import hashlib
 import io
 import logging
 import os
-import random
 import re
 import tempfile
 import urllib.error
 import urllib.request
 import warnings
 import zipfile
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Sequence
 
@@ -108,12 +107,18 @@ def parse_mr(mr: str, *, where: str = "") -> list[tuple[str, str]]:
     return slots
 
 
-def linearize_mr(mr: str, *, where: str = "") -> str:
+def linearize_mr(mr: str, *, where: str = "", tokenized: bool = False) -> str:
     """The original's table for an MR: `name[Blue Spice], eatType[coffee shop], priceRange[high],
     familyFriendly[no]` -> `name : Blue Spice | Type : coffee shop | price : high | family friendly : no`
     (format of XiangLi1999/PrefixTuning's `e2e_data/src1_*.txt`, see `gpt2/run_generation.py`).
-    Raises DataError (prefixed with `where`) on an unparseable MR."""
-    return " | ".join(f"{SLOT_NAMES.get(k, k)} : {v}" for k, v in parse_mr(mr, where=where))
+    tokenized: also tokenise the values as the original's files do (`priceRange[£20-25]` -> `price : £ 20 - 25`;
+    needs spaCy, see `prefix_tuning.e2e_tokenize`). Raises DataError (prefixed with `where`) on a bad MR."""
+    slots = parse_mr(mr, where=where)
+    values = [v for _, v in slots]
+    if tokenized:
+        from .e2e_tokenize import tokenize_like_original
+        values = tokenize_like_original(values)
+    return " | ".join(f"{SLOT_NAMES.get(k, k)} : {v}" for (k, _), v in zip(slots, values))
 
 
 def group_by_mr(examples: Sequence[Example]) -> list[MRGroup]:
@@ -123,49 +128,6 @@ def group_by_mr(examples: Sequence[Example]) -> list[MRGroup]:
     for e in examples:
         order.setdefault(e.mr, (e.table, []))[1].append(e.ref)
     return [MRGroup(mr, table, tuple(refs)) for mr, (table, refs) in order.items()]
-
-
-# ------------------------------------------------------------------------------------------ low data
-
-def _permutation(n: int, seed: int) -> list[int]:
-    """A seeded permutation of range(n) that is the same on every machine and Python version: a
-    Fisher-Yates shuffle driven only by `random.Random(seed).random()`, the one output Python guarantees
-    to stay the same across versions for a given seed (unlike `shuffle`/`sample`/`randrange`)."""
-    rng = random.Random(seed)
-    order = list(range(n))
-    for i in range(n - 1, 0, -1):
-        j = min(int(rng.random() * (i + 1)), i)
-        order[i], order[j] = order[j], order[i]
-    return order
-
-
-def low_data_split(examples: Sequence[Example], size: int, seed: int) -> tuple[list[Example], list[Example]]:
-    """The paper's low-data setting (§7.1 and appendix: subsets of 50/100/200/500 sampled from the full
-    training set, with a dev split of 30% of the training size).
-
-    Samples ROWS (MR/reference pairs) uniformly without replacement from `examples` (normally the full
-    official train set), not MRs: the original trains on `table||ref` lines, so a low-data file is a set of
-    lines. Returns `size` train examples and `round(0.3 * size)` dev examples, disjoint as rows (the same MR
-    may occur in both, as with any row sample). Both lists keep file order. Reproducible: see `_permutation`.
-    """
-    if not isinstance(size, int) or size <= 0:
-        raise ValueError(f"low-data size must be a positive int, got {size!r}")
-    n_dev = round(0.3 * size)
-    if size + n_dev > len(examples):
-        raise ValueError(f"low-data size {size} needs {size + n_dev} examples (train + 30% dev); "
-                         f"only {len(examples)} given")
-    order = _permutation(len(examples), seed)
-    train_idx, dev_idx = sorted(order[:size]), sorted(order[size:size + n_dev])
-    return [examples[i] for i in train_idx], [examples[i] for i in dev_idx]
-
-
-def low_data_subset(examples: Sequence[Example], size: int, seed: int) -> list[Example]:
-    """The `size` training examples of `low_data_split(examples, size, seed)` (same sample, same order)."""
-    if not isinstance(size, int) or size <= 0:
-        raise ValueError(f"low-data size must be a positive int, got {size!r}")
-    if size > len(examples):
-        raise ValueError(f"low-data size {size} > {len(examples)} examples")
-    return [examples[i] for i in sorted(_permutation(len(examples), seed)[:size])]
 
 
 # -------------------------------------------------------------------------------------- data location
@@ -362,6 +324,16 @@ def _parse_csv(name: str, raw: bytes, on_error: str) -> tuple[list[Example], lis
     return out, skipped
 
 
+def _tokenize_examples(examples: list[Example]) -> list[Example]:
+    from .e2e_tokenize import tokenize_like_original
+    refs = tokenize_like_original(e.ref for e in examples)
+    slots = {e.mr: parse_mr(e.mr) for e in examples}  # all parsed before, cannot fail
+    values = sorted({v for s in slots.values() for _, v in s})
+    tok = dict(zip(values, tokenize_like_original(values)))
+    tables = {mr: " | ".join(f"{SLOT_NAMES.get(k, k)} : {tok[v]}" for k, v in s) for mr, s in slots.items()}
+    return [replace(e, table=tables[e.mr], ref=r) for e, r in zip(examples, refs)]
+
+
 def _has_bad_bytes(fields: Sequence[str]) -> bool:
     return any(re.search("[\udc80-\udcff]", f) for f in fields)
 
@@ -387,9 +359,9 @@ def load_e2e(split: str, *, variant: str = "official", data_dir=None, on_error: 
       physical line where the record starts), or `skip` bad rows: they are logged and warned about
       (count + first reasons) and listed in the returned list's `.skipped` (see also `load_e2e_report`).
       File-level problems (missing file or column, unreadable zip) always raise.
-    ref_style: `raw`, the CSV text (stripped, line breaks -> spaces). Only `raw` is implemented: the
-      original's pre-tokenised references ("it 's", "family - friendly", "£ 30", trailing space) come from data
-      files whose tokeniser is not published, so they cannot be matched exactly.
+    ref_style: `raw`, the CSV text (stripped, line breaks -> spaces), or `tokenized`, the form of the
+      original's data files: references AND table values tokenised like spaCy's English tokenizer ("is n't",
+      "family - friendly", "price : £ 20 - 25"); needs spaCy, see `prefix_tuning.e2e_tokenize`. `mr` stays raw.
     """
     if split not in SPLITS:
         raise ValueError(f"split must be one of {SPLITS}, got {split!r}")
@@ -397,13 +369,15 @@ def load_e2e(split: str, *, variant: str = "official", data_dir=None, on_error: 
         raise ValueError(f"variant must be one of {VARIANTS}, got {variant!r}")
     if on_error not in ("raise", "skip"):
         raise ValueError(f"on_error must be 'raise' or 'skip', got {on_error!r}")
-    if ref_style != "raw":
-        raise ValueError(f"ref_style {ref_style!r} is not supported; expected 'raw' (see load_e2e's docstring)")
+    if ref_style not in ("raw", "tokenized"):
+        raise ValueError(f"ref_style must be 'raw' or 'tokenized', got {ref_style!r}")
     if variant == "official":
         name, raw = _read_official(resolve_data_dir(data_dir), split)
     else:
         name, raw = _read_cleaned(_pick_dir(data_dir), split)
     examples, skipped = _parse_csv(name, raw, on_error)
+    if ref_style == "tokenized":
+        examples = _tokenize_examples(examples)
     if skipped:
         msg = (f"{name}: skipped {len(skipped)} bad row(s): " + "; ".join(skipped[:3])
                + ("; ..." if len(skipped) > 3 else ""))
@@ -414,6 +388,6 @@ def load_e2e(split: str, *, variant: str = "official", data_dir=None, on_error: 
 
 __all__ = [
     "DataError", "Example", "MRGroup", "ExampleList", "parse_mr", "linearize_mr", "group_by_mr",
-    "low_data_subset", "low_data_split", "resolve_data_dir", "download_e2e", "load_e2e", "load_e2e_report",
+"resolve_data_dir", "download_e2e", "load_e2e", "load_e2e_report",
     "E2E_URL", "E2E_SHA256", "ENV_VAR", "SLOT_NAMES",
 ]
