@@ -106,7 +106,8 @@ class TrainConfig:
     eval_steps: int | None = None
     """Also compute the dev loss every this many steps (useful with max_steps in the low-data setting)."""
     save_every: int = 200
-    """Write a resumable checkpoint every this many steps (and at every epoch end)."""
+    """Write a resumable checkpoint every this many steps and at the end. Full fine-tuning checkpoints
+    hold the model and two AdamW moments (3x the model size), so not every epoch."""
     device: str = "auto"
     """`auto` (cuda if available), `cpu`, `cuda`, `cuda:1`, ..."""
     num_threads: int | None = None

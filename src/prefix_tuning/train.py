@@ -195,7 +195,7 @@ def train(cfg: RunConfig, *, resume: bool = True, max_steps_this_call: int | Non
                     loss, n = batch_loss(method, batch, cfg.train.loss, dtype)
                 loss = loss * len(part) / len(idx)  # accumulation gives the same mean as one big batch
                 scaler.scale(loss).backward()
-                loss_sum += float(loss)
+                loss_sum += float(loss.detach())
                 n_tok += int(batch["attention_mask"].sum())
             if cfg.train.max_grad_norm is not None:
                 scaler.unscale_(opt)
@@ -217,7 +217,7 @@ def train(cfg: RunConfig, *, resume: bool = True, max_steps_this_call: int | Non
                 evaluate({"epoch": epoch})
             elif cfg.train.eval_steps and step % cfg.train.eval_steps == 0:
                 evaluate({"epoch": epoch})
-            if step % cfg.train.save_every == 0 or end_of_epoch or step == total_steps:
+            if step % cfg.train.save_every == 0 or step == total_steps:
                 checkpoint()
             if max_steps_this_call is not None and ran >= max_steps_this_call and step < total_steps:
                 checkpoint()
