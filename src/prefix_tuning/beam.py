@@ -1,0 +1,346 @@
+"""Batched greedy and beam search over a frozen causal LM, each row with its own prefix (or none).
+
+`search` is the engine behind `prefix_tuning.decode.decode`; it works on token ids.
+
+How a batch runs:
+1. Prefill, once per ROW (not once per beam): prompts are left-padded to the longest, prefixes of different
+   lengths are left-padded to the longest with masked zero keys/values, so the cache of row i is
+   `[masked pad | prefix_i (P_i) | masked pad | prompt_i (T_i)]`. Real prompt tokens take positions
+   P_i .. P_i+T_i-1 (position = P_i + number of real tokens before), generated token n takes P_i+T_i+n:
+   exactly the positions a row would get alone, so results depend neither on the batch nor on padding.
+   Only the last position's logits are computed (`logits_to_keep=1`).
+2. The cache is expanded to beams by one `index_select` (`Cache.reorder_cache`), then reordered by each
+   step's source-beam index (the same call). Rows whose search is over are dropped from the batch (same
+   call again), so a batch gets cheaper as its rows finish.
+
+Beam semantics follow Hugging Face's `generate(num_beams=K)` (transformers 5.x `_beam_search`), so both
+give the same hypotheses:
+- Per row, the top 2K continuations (over K beams x vocabulary, by summed log-probability) are taken. Those
+  among the first K that end in EOS (or reach max_new_tokens) become finished hypotheses with score
+  `sum log p / n**length_penalty`, n = generated tokens including EOS; the best K unfinished continue.
+- A row keeps its K best finished hypotheses. It is done when (early_stopping=True) it has K of them, or
+  when it has K and the best running beam cannot beat the worst: `best_running / n**lp <= worst_finished`
+  (early_stopping=False, HF's default and the original code's setting); with early_stopping="never" and
+  lp > 0 the bound uses max_new_tokens instead of n. The output is the best finished hypothesis.
+- Log-probabilities are `log_softmax` of fp32 logits; banned tokens get -inf AFTER the softmax (HF applies
+  its logits processors to the log-probabilities in beam search).
+Greedy (beam_size 1) takes the argmax; it gives the same result as beam search with one beam.
+
+Differences from HF `generate`, on purpose:
+- `no_repeat_ngram_size` looks at generated tokens only; HF also counts n-grams of the prompt, which for
+  table-to-text would forbid copying a two-word name from the table with a size of 2.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import sys
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor, nn
+
+NEG = -1.0e9  # HF's "impossible" score offset; kept so that ties and orderings match its beam search
+
+
+@dataclass(frozen=True)
+class SearchSettings:
+    beam_size: int = 5
+    max_new_tokens: int = 100
+    min_new_tokens: int = 5
+    length_penalty: float = 1.0
+    no_repeat_ngram_size: int = 0
+    banned_ids: tuple[int, ...] = ()
+    eos_id: int = 50256
+    early_stopping: bool | str = False
+
+
+def new_cache(model: nn.Module):
+    """An empty DynamicCache laid out for `model` (sliding-window layers where the config has them)."""
+    from transformers import DynamicCache
+
+    try:
+        return DynamicCache(config=model.config)
+    except Exception:  # configs that DynamicCache cannot read: a plain cache of full-attention layers
+        return DynamicCache()
+
+
+def prefill_inputs(prompts: list[list[int]], prefixes: list[Tensor | None], *, pad_id: int,
+                   device: torch.device) -> tuple[dict, Tensor, int]:
+    """Model kwargs (without the cache) for the first forward of a batch, the position of each row's first
+    new token, and the padded prefix length.
+
+    prompts: token ids per row (any lengths); prefixes: (L, 2, KV, P_i, D) per row or None (P_i = 0).
+    """
+    B = len(prompts)
+    T = max(len(p) for p in prompts)
+    lens = [0 if p is None else p.shape[-2] for p in prefixes]
+    Pm = max(lens)
+    ids = torch.full((B, T), pad_id, dtype=torch.long)
+    mask = torch.zeros(B, Pm + T, dtype=torch.long)
+    pos = torch.zeros(B, T, dtype=torch.long)
+    for i, (p, P) in enumerate(zip(prompts, lens)):
+        n = len(p)
+        ids[i, T - n:] = torch.tensor(p, dtype=torch.long)
+        mask[i, Pm - P:Pm] = 1
+        mask[i, Pm + T - n:] = 1
+        pos[i, :] = P
+        pos[i, T - n:] = P + torch.arange(n)
+    kw = dict(input_ids=ids.to(device), attention_mask=mask.to(device), position_ids=pos.to(device))
+    next_pos = torch.tensor([P + len(p) for p, P in zip(prompts, lens)], dtype=torch.long, device=device)
+    return kw, next_pos, Pm
+
+
+def _prefix_cache(model: nn.Module, prefixes: list[Tensor | None], Pm: int, device, dtype):
+    cache = new_cache(model)
+    if Pm == 0:
+        return cache
+    ref = next(p for p in prefixes if p is not None)
+    L, _, KV, _, D = ref.shape
+    kv = torch.zeros(len(prefixes), L, 2, KV, Pm, D, dtype=dtype, device=device)
+    for i, p in enumerate(prefixes):
+        if p is not None and p.shape[-2]:
+            kv[i, ..., Pm - p.shape[-2]:, :] = p.to(device=device, dtype=dtype)
+    for layer in range(L):
+        cache.update(kv[:, layer, 0], kv[:, layer, 1], layer)  # (B, KV, Pm, D) each
+    return cache
+
+
+def _banned_ngram_tokens(seq: list[int], n: int) -> list[int]:
+    """Tokens that would repeat an n-gram already in `seq` (generated tokens of one beam)."""
+    if n <= 0 or len(seq) < n:
+        return []
+    ctx = tuple(seq[len(seq) - n + 1:])
+    return [seq[i + n - 1] for i in range(len(seq) - n + 1) if tuple(seq[i:i + n - 1]) == ctx]
+
+
+def _process(logp: Tensor, gen: Tensor, n: int, s: SearchSettings, banned: Tensor | None) -> Tensor:
+    """Bans on log-probabilities (B, V) of the next token; gen (B, n) = tokens generated so far."""
+    if banned is not None:
+        logp[:, banned] = float("-inf")
+    if n < s.min_new_tokens:
+        logp[:, s.eos_id] = float("-inf")
+    if s.no_repeat_ngram_size > 0 and n > 0:
+        for b, seq in enumerate(gen.tolist()):
+            toks = _banned_ngram_tokens(seq, s.no_repeat_ngram_size)
+            if toks:
+                logp[b, toks] = float("-inf")
+    return logp
+
+
+def _forward(model, input_ids, attention_mask, position_ids, cache) -> Tensor:
+    out = model(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids, cache=cache,
+                use_cache=True, logits_to_keep=1)
+    return out.logits[:, -1, :]
+
+
+@torch.inference_mode()
+def search(model: nn.Module, prompts: list[list[int]], prefixes: list[Tensor | None] | None,
+           s: SearchSettings, *, pad_id: int, dtype: torch.dtype | None = None,
+           algorithm: str = "auto") -> list[list[int]]:
+    """Generate for one batch; returns the new tokens of each row, without the final EOS.
+
+    prefixes[i]: (L, 2, KV, P_i, D) for row i, or None; `prefixes=None` means no prefix anywhere.
+    dtype: dtype of the prefix keys/values in the cache (default: the model's parameter dtype).
+    algorithm: `auto` (greedy for beam_size 1, else beam), or force `greedy` / `beam` (tests use `beam`
+    with one beam to check that it equals greedy).
+    """
+    if not prompts:
+        return []
+    if any(len(p) == 0 for p in prompts):
+        raise ValueError("every prompt needs at least one token")
+    device = next(model.parameters()).device
+    dtype = dtype or next(model.parameters()).dtype
+    prefixes = list(prefixes) if prefixes is not None else [None] * len(prompts)
+    if len(prefixes) != len(prompts):
+        raise ValueError(f"{len(prompts)} prompts but {len(prefixes)} prefixes")
+    kw, next_pos, Pm = prefill_inputs(prompts, prefixes, pad_id=pad_id, device=device)
+    cache = _prefix_cache(model, prefixes, Pm, device, dtype)
+    logits = _forward(model, cache=cache, **kw)
+    banned = torch.tensor(sorted(set(s.banned_ids)), dtype=torch.long, device=device) if s.banned_ids else None
+    if algorithm not in ("auto", "greedy", "beam"):
+        raise ValueError(f"algorithm must be auto, greedy or beam, got {algorithm!r}")
+    greedy = algorithm == "greedy" or (algorithm == "auto" and s.beam_size == 1)
+    run = _greedy if greedy else _beam
+    return run(model, logits, cache, kw["attention_mask"], next_pos, s, banned)
+
+
+def _greedy(model, logits, cache, mask, pos, s: SearchSettings, banned) -> list[list[int]]:
+    B = logits.shape[0]
+    device = logits.device
+    rows = torch.arange(B, device=device)  # original row of each active row
+    out: list[list[int]] = [[] for _ in range(B)]
+    gen = torch.zeros(B, 0, dtype=torch.long, device=device)
+    for n in range(s.max_new_tokens):
+        logp = _process(torch.log_softmax(logits.float(), dim=-1), gen, n, s, banned)
+        tok = logp.argmax(dim=-1)  # (Ba,)
+        gen = torch.cat([gen, tok[:, None]], dim=1)
+        keep = tok != s.eos_id
+        for r, g, k in zip(rows.tolist(), gen.tolist(), keep.tolist()):
+            if not k or n + 1 == s.max_new_tokens:
+                out[r] = g[:-1] if not k else g
+        if n + 1 == s.max_new_tokens or not keep.any():
+            break
+        if not keep.all():
+            idx = keep.nonzero().squeeze(1)
+            cache.reorder_cache(idx)
+            rows, gen, tok, mask, pos = rows[idx], gen[idx], tok[idx], mask[idx], pos[idx]
+        mask = torch.cat([mask, mask.new_ones(mask.shape[0], 1)], dim=1)
+        logits = _forward(model, tok[:, None], mask, pos[:, None], cache)
+        pos = pos + 1
+    return out
+
+
+def _beam(model, logits, cache, mask, pos, s: SearchSettings, banned) -> list[list[int]]:
+    K = s.beam_size
+    B, V = logits.shape
+    device = logits.device
+    rows = list(range(B))  # original row of each active row
+    pools: list[list[tuple[float, list[int]]]] = [[] for _ in range(B)]  # best K finished, best first
+    gen = torch.zeros(B, 0, dtype=torch.long, device=device)  # (Ba * Kc, n) generated tokens per beam
+    scores = torch.zeros(B, 1, device=device)  # (Ba, Kc) summed log-probs; Kc = 1 before the first step
+    for n in range(s.max_new_tokens):
+        Ba, Kc = scores.shape
+        logp = _process(torch.log_softmax(logits.float(), dim=-1), gen, n, s, banned)
+        cand = (logp + scores.view(-1, 1)).view(Ba, Kc * V)
+        top_s, top_i = cand.topk(2 * K, dim=-1)  # (Ba, 2K), best first
+        src, tok = top_i // V, top_i % V
+        last = n + 1 == s.max_new_tokens
+        ends = (tok == s.eos_id) | last
+        # finished hypotheses: only among the first K candidates (HF's top_num_beam_mask)
+        norm = (top_s / ((n + 1) ** s.length_penalty)).tolist()
+        ends_l, src_l, tok_l = ends.tolist(), src.tolist(), tok.tolist()
+        gen_l = None
+        for r in range(Ba):
+            for j in range(K):
+                if ends_l[r][j]:
+                    if gen_l is None:
+                        gen_l = gen.tolist()
+                    seq = gen_l[r * Kc + src_l[r][j]] + ([] if tok_l[r][j] == s.eos_id else [tok_l[r][j]])
+                    pools[rows[r]].append((norm[r][j], seq))
+            if any(ends_l[r][:K]):
+                pools[rows[r]].sort(key=lambda h: -h[0])
+                del pools[rows[r]][K:]
+        if last:
+            break
+        # the best K unfinished continue
+        run_s, run_j = (top_s + ends.float() * NEG).topk(K, dim=-1)  # (Ba, K)
+        run_src = src.gather(1, run_j)
+        run_tok = tok.gather(1, run_j)
+        # is the search over for a row?
+        length = s.max_new_tokens if (s.early_stopping == "never" and s.length_penalty > 0) else n + 1
+        best_run = (run_s[:, 0] / (length ** s.length_penalty)).tolist()
+        keep = []
+        for r in range(Ba):
+            pool = pools[rows[r]]
+            full = len(pool) == K
+            done = full and (s.early_stopping is True or not best_run[r] > pool[-1][0])
+            if not done:
+                keep.append(r)
+        if not keep:
+            break
+        keep_t = torch.tensor(keep, dtype=torch.long, device=device)
+        flat = (keep_t[:, None] * Kc + run_src[keep_t]).view(-1)  # source beam of each new beam
+        cache.reorder_cache(flat)
+        gen = torch.cat([gen[flat], run_tok[keep_t].view(-1, 1)], dim=1)
+        scores = run_s[keep_t]
+        rows = [rows[r] for r in keep]
+        mask = mask[flat]
+        mask = torch.cat([mask, mask.new_ones(mask.shape[0], 1)], dim=1)
+        pos = pos[flat]
+        logits = _forward(model, run_tok[keep_t].view(-1, 1), mask, pos[:, None], cache)
+        pos = pos + 1
+    return [pool[0][1] if pool else [] for pool in pools]
+
+
+# ------------------------------------------------------------------------------ batches of many rows
+
+def row_prefixes(prefix, prefix_index: Sequence[int] | None, n: int) -> list[Tensor | None]:
+    """One (L, 2, KV, P, D) prefix (or None) per table."""
+    if prefix is None:
+        if prefix_index is not None:
+            raise ValueError("prefix_index given without prefixes")
+        return [None] * n
+    if isinstance(prefix, Tensor) and prefix.dim() == 5:
+        if prefix_index is not None and any(i != 0 for i in prefix_index):
+            raise ValueError("a single (L, 2, KV, P, D) prefix only takes prefix_index 0")
+        return [prefix] * n
+    if isinstance(prefix, Tensor) and prefix.dim() != 6:
+        raise ValueError(f"prefix must be (L, 2, KV, P, D) or (N, L, 2, KV, P, D), got {tuple(prefix.shape)}")
+    stack = list(prefix)  # a (N, ...) tensor or a list of (L, 2, KV, P_i, D) tensors
+    if any(p is not None and p.dim() != 5 for p in stack):
+        raise ValueError("each prefix of a list must be (L, 2, KV, P, D)")
+    shapes = {(p.shape[0], p.shape[2], p.shape[4]) for p in stack if p is not None}
+    if len(shapes) > 1:
+        raise ValueError(f"prefixes for different models in one call: (L, KV, D) = {sorted(shapes)}")
+    if prefix_index is None:
+        if len(stack) != 1:
+            raise ValueError(f"{len(stack)} prefixes given: prefix_index must name the prefix of each table")
+        prefix_index = [0] * n
+    if len(prefix_index) != n:
+        raise ValueError(f"prefix_index has {len(prefix_index)} entries for {n} tables")
+    bad = [i for i in prefix_index if not 0 <= i < len(stack)]
+    if bad:
+        raise ValueError(f"prefix_index {bad[0]} out of range for {len(stack)} prefixes")
+    return [stack[i] for i in prefix_index]
+
+
+def check_prefixes(model: nn.Module, prefixes: list[Tensor | None]) -> None:
+    from .models import KVShape
+    from .prefix import check_fits
+
+    shape = KVShape.from_config(model.config)
+    seen = set()
+    for p in prefixes:
+        if p is not None and id(p) not in seen:
+            seen.add(id(p))
+            check_fits(p, shape)
+
+
+def precision_context(model: nn.Module, precision: str):
+    """(context, cache dtype): autocast when an fp32 model runs in bf16/fp16; native otherwise."""
+    from .models import dtype_of
+
+    want = dtype_of(precision)
+    param = next(model.parameters())
+    if want is None or param.dtype == want:
+        return contextlib.nullcontext(), param.dtype
+    if param.dtype != torch.float32:
+        raise ValueError(f"precision {precision} asked for a model in {param.dtype}; cast the model or use "
+                         f"precision {str(param.dtype).replace('torch.', '').replace('bfloat16', 'bf16')}")
+    return torch.autocast(param.device.type, dtype=want), want
+
+
+def decode_ids(model: nn.Module, prompts: list[list[int]], prefixes: list[Tensor | None],
+               settings: SearchSettings, *, pad_id: int, batch_size: int = 16, precision: str = "fp32",
+               progress: bool = False) -> list[list[int]]:
+    """New token ids (without EOS) per prompt. Prompts are batched longest first (less padding); the
+    result does not depend on that order or on batch_size."""
+    order = sorted(range(len(prompts)), key=lambda i: (-len(prompts[i]), i))
+    out: list[list[int]] = [[] for _ in prompts]
+    ctx, dtype = precision_context(model, precision)
+    bar = None
+    if progress:
+        try:
+            from tqdm.auto import tqdm
+
+            bar = tqdm(total=len(prompts), unit="MR", desc="decode", file=sys.stderr)
+        except ImportError:
+            pass
+    t0 = time.time()
+    with ctx:
+        for start in range(0, len(order), batch_size):
+            idx = order[start:start + batch_size]
+            got = search(model, [prompts[i] for i in idx], [prefixes[i] for i in idx], settings,
+                         pad_id=pad_id, dtype=dtype)
+            for i, g in zip(idx, got):
+                out[i] = g
+            if bar is not None:
+                bar.update(len(idx))
+            elif progress:
+                print(f"decoded {start + len(idx)}/{len(prompts)} ({time.time() - t0:.0f} s)", file=sys.stderr)
+    if bar is not None:
+        bar.close()
+    return out
