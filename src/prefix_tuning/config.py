@@ -54,7 +54,7 @@ class DataConfig:
 class MethodConfig:
     name: str = "prefix"
     """`prefix` (Li & Liang 2021), `finetune` (all weights) or `finetune-top` (top `top_k_layers` blocks)."""
-    prefix_length: int = 5
+    prefix_length: int | None = 5
     """P, number of prefix positions per layer (paper appendix: 5 for E2E table-to-text)."""
     reparam: bool = True
     """Train through the MLP reparameterisation (paper §4.3); False trains the prefix directly."""

@@ -1,0 +1,105 @@
+"""`reproduce --quick` end to end on a tiny model: all files, tables rebuilt from results.json, resume."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from prefix_tuning import experiments
+from prefix_tuning.cli import main
+
+METRICS = ["BLEU", "NIST", "METEOR", "ROUGE_L", "CIDEr"]
+
+
+def _strip(results: dict) -> list[dict]:
+    """What must not depend on interruption: everything but wall-clock timings."""
+    keep = []
+    for r in results["runs"]:
+        keep.append({k: v for k, v in r.items() if "seconds" not in k})
+    return keep
+
+
+@pytest.fixture(scope="module")
+def quick_demo(tmp_path_factory):
+    root = tmp_path_factory.mktemp("demo")
+    args = ["reproduce", "demo", "--quick", "--out", str(root / "results"), "--runs-dir", str(root / "runs")]
+    assert main(args) == 0
+    return root
+
+
+def test_quick_demo_writes_everything(quick_demo):
+    out = quick_demo / "results"
+    data = json.loads((out / "results.json").read_text())
+    assert [r["name"] for r in data["runs"]] == ["prefix-n16-s0", "finetune-n16-s0"]
+    for r in data["runs"]:
+        assert set(r["metrics"]) == set(METRICS)
+        assert r["stored_params"] > 0 and r["checkpoint_bytes"] > 0 and r["seconds_per_epoch"] > 0
+        assert len((out / "outputs" / f"{r['name']}.txt").read_text().splitlines()) == 8
+    prefix, ft = data["runs"]
+    assert prefix["stored_params"] < ft["stored_params"] / 100
+    for f in ["table.md", "demo.png", "demo_metrics.png"]:
+        assert (out / f).stat().st_size > 0
+
+
+def test_table_regenerated_from_results_json(quick_demo):
+    out = quick_demo / "results"
+    before = (out / "table.md").read_text()
+    (out / "table.md").unlink()
+    (out / "demo.png").unlink()
+    assert main(["reproduce", "demo", "--report-only", "--out", str(out)]) == 0
+    assert (out / "table.md").read_text() == before and (out / "demo.png").is_file()
+    data = json.loads((out / "results.json").read_text())
+    bleu = data["runs"][0]["metrics"]["BLEU"]
+    assert f"| prefix-n16-s0 | {100 * bleu:.1f} |" in before
+
+
+def test_rerun_skips_finished_runs(quick_demo, monkeypatch):
+    def boom(*a, **k):
+        raise AssertionError("a finished run was trained again")
+
+    monkeypatch.setattr("prefix_tuning.train.train", boom)
+    args = ["reproduce", "demo", "--quick", "--out", str(quick_demo / "results"), "--runs-dir", str(quick_demo / "runs")]
+    assert main(args) == 0
+
+
+def test_resumed_experiment_equals_uninterrupted(quick_demo, tmp_path, monkeypatch):
+    """Kill the experiment in the middle of the second run's training, re-run: same results as uninterrupted."""
+    import prefix_tuning.train as tr
+
+    real = tr.train
+    calls = {"n": 0}
+
+    def dying(cfg, **kw):
+        calls["n"] += 1
+        if calls["n"] == 2:  # second run: train 3 of 6 steps, checkpoint, then "crash"
+            real(cfg, max_steps_this_call=3)
+            raise KeyboardInterrupt
+        return real(cfg, **kw)
+
+    args = ["reproduce", "demo", "--quick", "--out", str(tmp_path / "results"), "--runs-dir", str(tmp_path / "runs")]
+    monkeypatch.setattr(tr, "train", dying)
+    assert main(args) == 130  # interrupted
+    partial = json.loads((tmp_path / "results" / "results.json").read_text())
+    assert [r["name"] for r in partial["runs"]] == ["prefix-n16-s0"]  # the finished run was recorded
+    monkeypatch.setattr(tr, "train", real)
+    assert main(args) == 0
+    resumed = json.loads((tmp_path / "results" / "results.json").read_text())
+    uninterrupted = json.loads((quick_demo / "results" / "results.json").read_text())
+    a, b = _strip(resumed), _strip(uninterrupted)
+    for x in a + b:
+        x["config"]["out_dir"] = Path(x["config"]["out_dir"]).name
+    assert a == b
+
+
+def test_plan_recipes():
+    p = experiments.plan("lowdata", model="smollm2-135m", seeds=(0, 1))
+    assert len(p.runs) == 16
+    r = {x.name: x.cfg for x in p.runs}
+    assert r["prefix-n500-s1"].train.max_steps == 400 and r["finetune-n50-s0"].train.max_steps == 100
+    assert r["prefix-n100-s0"].method.init == "words" and r["prefix-n100-s0"].train.lr == 5e-5
+    a = experiments.plan("ablation", model="m", train_size=100)
+    assert [x.cfg.method.prefix_length for x in a.runs] == [1, 5, 10, 20, 40]
+    t = experiments.plan("table1", model="m")
+    assert [x.name for x in t.runs] == ["prefix", "finetune", "finetune-top2"] and t.test_limit is None
