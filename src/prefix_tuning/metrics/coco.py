@@ -58,60 +58,52 @@ def rouge_l(refs: Sequence[Sequence[str]], hyps: Sequence[str]) -> float:
 Gram = tuple[str, ...]
 
 
-def _precook(text: str) -> Counter[Gram]:
-    """n-gram counts (n = 1..4) in the insertion order of ``cider_scorer.precook``."""
+def _precook(text: str) -> list[Counter[Gram]]:
+    """n-gram counts per order n = 1..4, each in ``cider_scorer.precook``'s insertion order."""
     words = text.split()
-    counts: Counter[Gram] = Counter()
-    for k in range(1, min(CIDER_ORDER, len(words)) + 1):
-        counts.update(zip(*(words[i:] for i in range(k))))
-    return counts
+    return [Counter(zip(*(words[i:] for i in range(k)))) for k in range(1, CIDER_ORDER + 1)]
 
 
 class _Vectorizer:
-    """``counts2vec``: tf-idf vectors per n-gram order, their norms, and a "length".
+    """``counts2vec`` of the scorer: tf-idf weights, per-order norms, and a "length".
 
     Python floats give the same IEEE results as the scorer's numpy scalars for
     ``+ * / pow sqrt``; ``np.log`` (which can differ from ``math.log`` in the last
-    bit) is kept and cached per document frequency, an integer.
+    bit) is kept and cached per document frequency, an integer. The "length" is the
+    number of bigrams (sic, the scorer's ``if n == 1``).
     """
 
     def __init__(self, document_frequency: Counter[Gram], n_images: int) -> None:
-        self.df = document_frequency
         ref_len = float(np.log(float(n_images)))
-        self._idf = [ref_len - float(np.log(max(1.0, float(d)))) for d in range(n_images + 1)]
+        idf = [ref_len - float(np.log(max(1.0, float(d)))) for d in range(n_images + 1)]
+        self.unseen = idf[0]  # n-grams of no reference: log(max(1.0, 0)) = 0
+        self.weights = {gram: idf[d] for gram, d in document_frequency.items()}
 
-    def __call__(self, cnts: Counter[Gram]) -> tuple[list[dict[Gram, float]], list[float], int]:
-        vec: list[dict[Gram, float]] = [{} for _ in range(CIDER_ORDER)]
-        norm = [0.0] * CIDER_ORDER
-        length = 0
-        df, idf = self.df, self._idf
-        for gram, term_freq in cnts.items():
-            n = len(gram) - 1
-            value = vec[n][gram] = float(term_freq) * idf[df.get(gram, 0)]
-            norm[n] += pow(value, 2)
-            if n == 1:  # sic: the scorer's "length" counts bigrams
-                length += term_freq
-        return vec, [math.sqrt(x) for x in norm], length
+    def hyp(self, counts: list[Counter[Gram]]) -> tuple[list[dict[Gram, float]], list[float], int]:
+        """Vector, norms and length of an output (all its n-grams are looked up)."""
+        get, unseen = self.weights.get, self.unseen
+        vecs, norms = [], []
+        for cnt in counts:
+            vec = {gram: tf * get(gram, unseen) for gram, tf in cnt.items()}
+            acc = 0.0
+            for value in vec.values():
+                acc += pow(value, 2)
+            vecs.append(vec)
+            norms.append(math.sqrt(acc))
+        return vecs, norms, sum(counts[1].values())
+
+    def ref_norms(self, counts: list[Counter[Gram]]) -> list[float]:
+        """Norms of a reference's vector; its values are recomputed on lookup instead."""
+        weights, norms = self.weights, []
+        for cnt in counts:
+            acc = 0.0
+            for gram, tf in cnt.items():
+                acc += pow(tf * weights[gram], 2)
+            norms.append(math.sqrt(acc))
+        return norms
 
 
 _PENALTY_DENOMINATOR = 2 * CIDER_SIGMA**2
-
-
-def _sim(vec_hyp, vec_ref, norm_hyp, norm_ref, length_hyp: int, length_ref: int) -> list[float]:
-    """Clipped cosine similarity per n-gram order with the Gaussian length penalty."""
-    delta = float(length_hyp - length_ref)
-    penalty = math.e ** (-(delta**2) / _PENALTY_DENOMINATOR)
-    val = [0.0] * CIDER_ORDER
-    for n in range(CIDER_ORDER):
-        ref_n = vec_ref[n]
-        acc = 0.0
-        for gram, value in vec_hyp[n].items():
-            ref_value = ref_n.get(gram, 0.0)
-            acc += min(value, ref_value) * ref_value
-        if (norm_hyp[n] != 0) and (norm_ref[n] != 0):
-            acc /= norm_hyp[n] * norm_ref[n]
-        val[n] = acc * penalty
-    return val
 
 
 def cider_d(refs: Sequence[Sequence[str]], hyps: Sequence[str]) -> float:
@@ -119,16 +111,27 @@ def cider_d(refs: Sequence[Sequence[str]], hyps: Sequence[str]) -> float:
     crefs = [[_precook(ref) for ref in group] for group in refs]
     document_frequency: Counter[Gram] = Counter()
     for group in crefs:
-        document_frequency.update({gram for ref in group for gram in ref})
+        document_frequency.update({gram for ref in group for cnt in ref for gram in cnt})
     vectorize = _Vectorizer(document_frequency, len(crefs))
+    weights = vectorize.weights
     scores = []
     for hyp, group in zip(hyps, crefs):
-        vec, norm, length = vectorize(_precook(hyp))
+        vec, norm, length = vectorize.hyp(_precook(hyp))
         total = [0.0] * CIDER_ORDER
         for ref in group:
-            vec_ref, norm_ref, length_ref = vectorize(ref)
-            sim = _sim(vec, vec_ref, norm, norm_ref, length, length_ref)
-            total = [a + b for a, b in zip(total, sim)]
+            norm_ref = vectorize.ref_norms(ref)
+            delta = float(length - sum(ref[1].values()))
+            penalty = math.e ** (-(delta**2) / _PENALTY_DENOMINATOR)
+            for n in range(CIDER_ORDER):
+                ref_n, acc = ref[n], 0.0
+                for gram, value in vec[n].items():
+                    tf = ref_n.get(gram)
+                    if tf is not None:  # absent n-grams add min(v, 0) * 0 = 0.0 exactly
+                        ref_value = tf * weights[gram]
+                        acc += min(value, ref_value) * ref_value
+                if (norm[n] != 0) and (norm_ref[n] != 0):
+                    acc /= norm[n] * norm_ref[n]
+                total[n] += acc * penalty
         # np.mean over the 4 orders: numpy's own summation order, kept as is.
         score_avg = float(np.mean(np.array(total)))
         score_avg /= len(group)

@@ -23,8 +23,10 @@ PUNCTUATIONS = frozenset(
      ".", "?", "!", ",", ":", "-", "--", "...", ";"]
 )  # fmt: skip
 # Fixed encoding and locale so results do not depend on the user's environment
-# (the official numbers were produced under a UTF-8 locale).
-_JVM_FLAGS = ["-Dfile.encoding=UTF-8", "-Duser.language=en", "-Duser.country=US"]
+# (the official numbers were produced under a UTF-8 locale). The client compiler
+# alone (C1) starts faster: it halves the tokenizer's time and saves ~10% of
+# METEOR's CPU time; outputs are byte-identical (checked on the E2E test set).
+_JVM_FLAGS = ["-Dfile.encoding=UTF-8", "-Duser.language=en", "-Duser.country=US", "-XX:TieredStopAtLevel=1"]
 INSTALL_HINT = "install a Java runtime, e.g. `apt-get install -y default-jre-headless`"
 
 
