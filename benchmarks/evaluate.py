@@ -28,7 +28,9 @@ import tempfile
 import time
 import zipfile
 from collections.abc import Callable
+from functools import partial
 from pathlib import Path
+from typing import Any, TypeVar
 
 from prefix_tuning.metrics import METRICS, load, score
 from prefix_tuning.metrics.java import MeteorProcess, ptb_tokenize
@@ -47,12 +49,13 @@ def _cpu() -> float:
 
 
 CPU: dict[str, float] = {}
+T = TypeVar("T")
 
 
-def timed(fn: Callable[[], object], repeat: int, label: str = "") -> tuple[float, object]:
+def timed(fn: Callable[[], T], repeat: int, label: str = "") -> tuple[float, T]:
     """Median wall time over ``repeat`` runs and the last result (CPU time kept by label)."""
-    times, cpus, result = [], [], None
-    for _ in range(repeat):
+    times, cpus = [], []
+    for _ in range(max(repeat, 1)):
         start, cpu = time.perf_counter(), _cpu()
         result = fn()
         times.append(time.perf_counter() - start)
@@ -87,7 +90,7 @@ def default_scores(refs: list[list[str]], hyps: list[str]) -> list[tuple[str, st
     from sacrebleu.metrics import BLEU
 
     width = max(map(len, refs))
-    padded_none = [[g[i] if i < len(g) else None for g in refs] for i in range(width)]
+    padded_none: Any = [[g[i] if i < len(g) else None for g in refs] for i in range(width)]
     padded_empty = [[g[i] if i < len(g) else "" for g in refs] for i in range(width)]
     rows = [
         (
@@ -142,8 +145,8 @@ def main() -> int:
     CPU["read files"] = CPU.pop("")
     singles = [m for m in METRICS if not (args.skip_meteor and m == "METEOR")]
     for name in singles:
-        seconds, result = timed(lambda name=name: score(refs, hyps, [name]), args.repeat, name)
-        value = result[name]  # type: ignore[index]
+        seconds, result = timed(partial(score, refs, hyps, [name]), args.repeat, name)
+        value = result[name]
         ok = "ok" if round(value, 4) == round(OFFICIAL[name], 4) else "MISMATCH"
         rows.append((name, seconds, f"{value:.4f} ({ok} vs official {OFFICIAL[name]:.4f})"))
     four = ["BLEU", "NIST", "ROUGE_L", "CIDEr"]
@@ -152,7 +155,7 @@ def main() -> int:
     rows.append((label, seconds, "target <= 1 s"))
     if not args.skip_meteor:
         seconds, result = timed(lambda: score(refs, hyps), args.repeat, "all five")
-        same = all(round(result[m], 4) == round(OFFICIAL[m], 4) for m in METRICS)  # type: ignore[index]
+        same = all(round(result[m], 4) == round(OFFICIAL[m], 4) for m in METRICS)
         rows.append(("all five", seconds, f"target <= 5 s; all equal official: {same}"))
     texts = [r for group in refs for r in group] + hyps
     label = "  bound: PTBTokenizer JVM, all texts"

@@ -7,12 +7,13 @@ seconds instead of ~20; ``read_refs``/``read_outputs`` read its file formats;
 """
 
 from .api import METRICS, normalize_metrics, score, score_many, signature
-from .bootstrap import paired_bootstrap
+from .bootstrap import BootstrapResult, paired_bootstrap
 from .io import EvalInputError, load, read_outputs, read_refs
 from .java import JavaNotFoundError
 
 __all__ = [
     "METRICS",
+    "BootstrapResult",
     "EvalInputError",
     "JavaNotFoundError",
     "load",

@@ -96,21 +96,21 @@ def score_many(
         raise ValueError("no system outputs given")
     for hyps in systems:
         _check(refs, hyps)
-    refs = [list(group) for group in refs]
-    systems = [[hyp.strip() for hyp in hyps] for hyps in systems]  # as read from a file
-    results: list[dict[str, float]] = [{} for _ in systems]
+    ref_lists = [list(group) for group in refs]
+    sys_lists = [[hyp.strip() for hyp in hyps] for hyps in systems]  # as read from a file
+    results: list[dict[str, float]] = [{} for _ in sys_lists]
     meteor = MeteorProcess() if "METEOR" in wanted else None
     try:
         job = None
         if JAVA_METRICS.intersection(wanted):
-            flat = [ref for group in refs for ref in group]
-            job = PTBTokenizeJob(flat + [hyp for hyps in systems for hyp in hyps])
+            flat = [ref for group in ref_lists for ref in group]
+            job = PTBTokenizeJob(flat + [hyp for hyps in sys_lists for hyp in hyps])
         if {"BLEU", "NIST"}.intersection(wanted):
-            prepared = mteval.prepare_refs(refs)
-            for hyps, out in zip(systems, results):
+            prepared = mteval.prepare_refs(ref_lists)
+            for hyps, out in zip(sys_lists, results):
                 out.update(_mteval_scores(prepared, hyps, wanted))
         if job is not None:
-            _java_scores(job.result(), refs, systems, wanted, meteor, results)
+            _java_scores(job.result(), ref_lists, sys_lists, wanted, meteor, results)
     finally:
         if meteor is not None:
             meteor.close()

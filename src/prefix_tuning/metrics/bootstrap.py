@@ -8,6 +8,7 @@ milliseconds instead of re-tokenising anything.
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import TypedDict
 
 import numpy as np
 
@@ -18,13 +19,28 @@ from .io import EvalInputError
 DEFAULT_SEED = 12345
 
 
+class BootstrapResult(TypedDict):
+    """Result of :func:`paired_bootstrap` (a plain dict at run time)."""
+
+    metric: str  # "BLEU"
+    direction: str  # "B-A": delta and interval are BLEU(B) - BLEU(A)
+    bleu_a: float
+    bleu_b: float
+    delta: float
+    ci_low: float
+    ci_high: float
+    p_value: float
+    samples: int
+    seed: int
+
+
 def paired_bootstrap(
     refs: Sequence[Sequence[str]],
     hyps_a: Sequence[str],
     hyps_b: Sequence[str],
     n: int = 1000,
     seed: int = DEFAULT_SEED,
-) -> dict[str, float | int | str]:
+) -> BootstrapResult:
     """Compare system B with system A on BLEU; ``delta`` is BLEU(B) - BLEU(A).
 
     Returns ``bleu_a``, ``bleu_b``, ``delta``, the 95% percentile interval of the
