@@ -100,8 +100,8 @@ def score_many(
     sys_lists = [[hyp.strip() for hyp in hyps] for hyps in systems]  # as read from a file
     results: list[dict[str, float]] = [{} for _ in sys_lists]
     meteor = MeteorProcess() if "METEOR" in wanted else None
+    job = None
     try:
-        job = None
         if JAVA_METRICS.intersection(wanted):
             flat = [ref for group in ref_lists for ref in group]
             job = PTBTokenizeJob(flat + [hyp for hyps in sys_lists for hyp in hyps])
@@ -112,6 +112,8 @@ def score_many(
         if job is not None:
             _java_scores(job.result(), ref_lists, sys_lists, wanted, meteor, results)
     finally:
+        if job is not None:
+            job.close()
         if meteor is not None:
             meteor.close()
     return [{name: out[name] for name in wanted} for out in results]

@@ -67,25 +67,44 @@ def clean_tokens(line: str) -> str:
     return " ".join(w for w in line.rstrip().split(" ") if w not in PUNCTUATIONS)
 
 
+# Line breaks of Java's lexer besides "\n": the scorer only replaces "\n" in captions,
+# so any of these would shift every later line; as spaces they tokenise the same.
+_JAVA_BREAKS = str.maketrans({c: " " for c in "\n\r\x0b\x0c\x85\u2028\u2029"})
+
+
 class PTBTokenizeJob:
-    """One CoreNLP PTBTokenizer run (``-preserveLines -lowerCase``) over many texts."""
+    """One CoreNLP PTBTokenizer run (``-preserveLines -lowerCase``) over many texts.
+
+    It starts at construction and writes to a file, not a pipe, so it finishes in
+    the background while Python computes other metrics.
+    """
 
     def __init__(self, texts: Sequence[str]) -> None:
         self.count = len(texts)
         self._dir = tempfile.mkdtemp(prefix="prefix-tuning-ptb-")
         source = os.path.join(self._dir, "captions.txt")
         with open(source, "wb") as handle:
-            handle.write("\n".join(t.replace("\n", " ") for t in texts).encode("utf-8"))
+            handle.write("\n".join(t.translate(_JAVA_BREAKS) for t in texts).encode("utf-8"))
         cmd = [java_path(), *_JVM_FLAGS, "-cp", str(corenlp_jar()),
                "edu.stanford.nlp.process.PTBTokenizer", "-preserveLines", "-lowerCase", source]  # fmt: skip
-        self._proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+        self._out = open(os.path.join(self._dir, "tokens.txt"), "w+b")  # noqa: SIM115
+        self._err = open(os.path.join(self._dir, "stderr.txt"), "w+b")  # noqa: SIM115
+        try:
+            self._proc = subprocess.Popen(cmd, stdout=self._out, stderr=self._err)
+        except BaseException:
+            self.close()
+            raise
 
     def result(self) -> list[str]:
         """Tokenised, lowercased texts without punctuation tokens, one per input text."""
         try:
-            out, err = self._proc.communicate()
+            self._proc.wait()
+            self._out.seek(0)
+            out = self._out.read()
+            self._err.seek(0)
+            err = self._err.read()
         finally:
-            shutil.rmtree(self._dir, ignore_errors=True)
+            self.close()
         if self._proc.returncode != 0:
             raise RuntimeError(f"CoreNLP PTBTokenizer failed: {err.decode(errors='replace')[-2000:]}")
         lines = out.decode("utf-8").split("\n")
@@ -94,6 +113,16 @@ class PTBTokenizeJob:
         if len(lines) != self.count:
             raise RuntimeError(f"PTBTokenizer returned {len(lines)} lines for {self.count} texts")
         return [clean_tokens(line) for line in lines]
+
+    def close(self) -> None:
+        """Stop the tokenizer if still running and delete its files."""
+        proc = getattr(self, "_proc", None)
+        if proc is not None and proc.poll() is None:
+            proc.kill()
+            proc.wait()
+        self._out.close()
+        self._err.close()
+        shutil.rmtree(self._dir, ignore_errors=True)
 
 
 def ptb_tokenize(texts: Sequence[str]) -> list[str]:
