@@ -74,10 +74,13 @@ def main(argv: list[str] | None = None) -> int:
     if getattr(args, "config", None) == "defaults":
         args.config = None
     from .config import ConfigError
+    from .e2e import DataError
+    from .metrics import EvalInputError
+    from .models import ModelLoadError
 
     try:
         return int(args.func(args) or 0)
-    except (ConfigError, FileNotFoundError) as e:
+    except (ConfigError, DataError, EvalInputError, ModelLoadError, FileNotFoundError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:

@@ -41,8 +41,8 @@ class TrainResult:
     artifact: Path
 
 
-def load_datasets(cfg: RunConfig, tokenizer):
-    """Train and dev examples as (input_ids, labels) pairs, per the data config (low-data aware)."""
+def load_examples(cfg: RunConfig):
+    """Train and dev examples per the data config (low-data aware). Runs first: bad data fails fast."""
     from . import data
 
     train = data.load_e2e("train", variant=cfg.data.variant, data_dir=cfg.data.dir, on_error=cfg.data.on_error)
@@ -52,8 +52,14 @@ def load_datasets(cfg: RunConfig, tokenizer):
         dev = data.load_e2e("dev", variant=cfg.data.variant, data_dir=cfg.data.dir, on_error=cfg.data.on_error)
     if cfg.data.dev_size is not None:
         dev = dev[: cfg.data.dev_size]
-    enc = lambda exs: [data.encode_example(tokenizer, e.table, e.ref, max_length=cfg.data.max_length) for e in exs]
-    return enc(train), enc(dev)
+    return train, dev
+
+
+def encode(cfg: RunConfig, tokenizer, examples) -> list[tuple[list[int], list[int]]]:
+    """(input_ids, labels) pairs: the original's training sequence, loss on the reference only."""
+    from .data import encode_example
+
+    return [encode_example(tokenizer, e.table, e.ref, max_length=cfg.data.max_length) for e in examples]
 
 
 def batch_loss(method: Method, batch: dict[str, Tensor], mode: str, dtype: torch.dtype | None) -> tuple[Tensor, int]:
@@ -127,12 +133,13 @@ def train(cfg: RunConfig, *, resume: bool = True, max_steps_this_call: int | Non
     device = resolve_device(cfg.train.device)
     dtype = dtype_of(cfg.train.precision)
 
+    train_ex, dev_ex = load_examples(cfg)
     torch.manual_seed(cfg.train.seed)
     random.seed(cfg.train.seed)
     tokenizer = load_tokenizer(cfg.model.name, cfg.data.dir)
+    train_set, dev_set = encode(cfg, tokenizer, train_ex), encode(cfg, tokenizer, dev_ex)
     model = load_model(cfg.model.name, revision=cfg.model.revision).to(device)
     method = build_method(cfg.method, model, tokenizer, seed=cfg.train.seed)
-    train_set, dev_set = load_datasets(cfg, tokenizer)
     if not train_set:
         raise ValueError("no training examples")
 
