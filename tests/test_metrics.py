@@ -386,3 +386,4 @@ def test_signature_and_metric_names() -> None:
     )
     assert signature(["cider", "BLEU"]) == "e2e-official|bleu:13a-lc|cider:coco-d|version:0.1.0"
     assert normalize_metrics(["rouge-l", "Meteor", "nist"]) == ["NIST", "METEOR", "ROUGE_L"]
+    assert normalize_metrics("cider,BLEU") == ["BLEU", "CIDEr"]

@@ -29,9 +29,14 @@ _SIGNATURE = {
 
 
 def normalize_metrics(metrics: Iterable[str] | None) -> list[str]:
-    """Canonical metric names in canonical order (``rouge-l`` -> ``ROUGE_L``)."""
+    """Canonical metric names in canonical order (``rouge-l`` -> ``ROUGE_L``).
+
+    Accepts names in any case, with or without ``_``/``-``, or one comma-separated string.
+    """
     if metrics is None:
         return list(METRICS)
+    if isinstance(metrics, str):
+        metrics = [part for part in metrics.split(",") if part.strip()]
     chosen = set()
     for name in metrics:
         key = name.strip().lower().replace("_", "").replace("-", "")
