@@ -175,6 +175,15 @@ def main() -> int:
     for what, seconds, note in rows:
         print(f"{what.ljust(width)}  {seconds:8.2f}  {CPU.get(what, 0.0):6.2f}  {note}")
     print("(seconds: wall-clock median; cpu s: CPU time of Python and the JVMs together)")
+    walls = {what.strip(): seconds for what, seconds, _ in rows}
+    if "all five" in walls and "bound: METEOR start-up" in walls:
+        start_up = walls["bound: METEOR start-up"]
+        print(
+            f"\nBound: METEOR alone needs {start_up:.2f} s before it scores its first segment; all five "
+            f"took {walls['all five']:.2f} s, i.e. {walls['all five'] - start_up:.2f} s more, mostly METEOR "
+            "scoring 630 segments (the other metrics run while it loads).\nSo 5 s for all five is out of "
+            "reach unless METEOR's start-up plus scoring fit in it (a fast, idle core)."
+        )
 
     print("\nCommon defaults vs the official scorer (TGen outputs):")
     for metric, how, value in default_scores(refs, hyps):
