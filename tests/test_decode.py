@@ -145,7 +145,8 @@ def ref_beam(model, prompt, prefix, s: SearchSettings) -> list[int]:
             break
         running = running_next
         if len(finished) == K:
-            if s.early_stopping is True or not float(running[0][1] / (n + 1) ** lp) > finished[-1][0]:
+            length = s.max_new_tokens if s.early_stopping == "never" and lp > 0 else n + 1
+            if s.early_stopping is True or not float(running[0][1] / length ** lp) > finished[-1][0]:
                 break
     return finished[0][1]
 
@@ -183,7 +184,8 @@ def test_greedy_matches_reference(model, tok, tables):
     assert got_plain == [ref_greedy(model, p, None, s) for p in prompts[:3]]
 
 
-@pytest.mark.parametrize("kw", [dict(), dict(length_penalty=0.6, beam_size=4), dict(early_stopping=True)])
+@pytest.mark.parametrize("kw", [dict(), dict(length_penalty=0.6, beam_size=4), dict(early_stopping=True),
+                                dict(early_stopping="never", length_penalty=1.5)])
 def test_beam_matches_reference(model, tok, tables, kw):
     prefix = random_prefix(model)
     s = settings(**kw)
@@ -201,7 +203,7 @@ def test_beam_size_one_equals_greedy(model, tok, tables):
         assert beam == search(model, prompts, [prefix] * len(prompts), s, pad_id=EOS, algorithm="greedy")
 
 
-@pytest.mark.parametrize("early_stopping", [False, True])
+@pytest.mark.parametrize("early_stopping", [False, True, "never"])
 def test_matches_hf_generate(model, tok, tables, early_stopping):
     """HF generate with a user cache of batch x beams rows and the attention mask over prefix + prompt."""
     K, P = 4, 5

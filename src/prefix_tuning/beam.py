@@ -8,10 +8,14 @@ How a batch runs:
    `[masked pad | prefix_i (P_i) | masked pad | prompt_i (T_i)]`. Real prompt tokens take positions
    P_i .. P_i+T_i-1 (position = P_i + number of real tokens before), generated token n takes P_i+T_i+n:
    exactly the positions a row would get alone, so results depend neither on the batch nor on padding.
-   Only the last position's logits are computed (`logits_to_keep=1`).
+   Only the last position's logits are computed (`logits_to_keep`).
 2. The cache is expanded to beams by one `index_select` (`Cache.reorder_cache`), then reordered by each
    step's source-beam index (the same call). Rows whose search is over are dropped from the batch (same
-   call again), so a batch gets cheaper as its rows finish.
+   call again), so a batch gets cheaper as its rows finish (HF keeps computing every row until the last
+   one is done).
+3. For models whose layers all use full attention the cache's layers are `GrowingLayer`s: appends go in
+   place into preallocated room and reorders into a second reused buffer, so a step copies the cache once
+   (the reorder) where DynamicLayer copies it twice (concatenate, then reorder) and allocates.
 
 Beam semantics follow Hugging Face's `generate(num_beams=K)` (transformers 5.x `_beam_search`), so both
 give the same hypotheses:
@@ -24,7 +28,8 @@ give the same hypotheses:
   lp > 0 the bound uses max_new_tokens instead of n. The output is the best finished hypothesis.
 - Log-probabilities are `log_softmax` of fp32 logits; banned tokens get -inf AFTER the softmax (HF applies
   its logits processors to the log-probabilities in beam search).
-Greedy (beam_size 1) takes the argmax; it gives the same result as beam search with one beam.
+Greedy (beam_size 1) takes the argmax of the processed log-probabilities (HF's greedy); beam search with one
+beam gives the same result (tested), greedy is just the shorter loop.
 
 Differences from HF `generate`, on purpose:
 - `no_repeat_ngram_size` looks at generated tokens only; HF also counts n-grams of the prompt, which for
@@ -34,6 +39,8 @@ Differences from HF `generate`, on purpose:
 from __future__ import annotations
 
 import contextlib
+import functools
+import inspect
 import sys
 import time
 from collections.abc import Sequence
@@ -222,10 +229,13 @@ def _forward(model, input_ids, attention_mask, position_ids, cache) -> Tensor:
     return out.logits[:, -1, :]
 
 
-def _takes_logits_to_keep(model) -> bool:
-    import inspect
+@functools.lru_cache(maxsize=None)
+def _class_takes_logits_to_keep(cls: type) -> bool:
+    return "logits_to_keep" in inspect.signature(cls.forward).parameters
 
-    return "logits_to_keep" in inspect.signature(model.forward).parameters
+
+def _takes_logits_to_keep(model) -> bool:
+    return _class_takes_logits_to_keep(type(model))
 
 
 @torch.inference_mode()
@@ -270,14 +280,18 @@ def _greedy(model, logits, cache, mask, pos, s: SearchSettings, banned) -> list[
         logp = _process(torch.log_softmax(logits.float(), dim=-1), gen, n, s, banned)
         tok = logp.argmax(dim=-1)  # (Ba,)
         gen = torch.cat([gen, tok[:, None]], dim=1)
+        last = n + 1 == s.max_new_tokens
         keep = tok != s.eos_id
-        for r, g, k in zip(rows.tolist(), gen.tolist(), keep.tolist()):
-            if not k or n + 1 == s.max_new_tokens:
-                out[r] = g[:-1] if not k else g
-        if n + 1 == s.max_new_tokens or not keep.any():
+        for r in (~keep).nonzero().flatten().tolist():  # ended by EOS (dropped from the output)
+            out[int(rows[r])] = gen[r, :-1].tolist()
+        if last:
+            for r in keep.nonzero().flatten().tolist():
+                out[int(rows[r])] = gen[r].tolist()
             break
-        if not keep.all():
-            idx = keep.nonzero().squeeze(1)
+        if not keep.any():
+            break
+        if not keep.all():  # drop finished rows from the batch
+            idx = keep.nonzero().flatten()
             cache.reorder_cache(idx)
             rows, gen, tok, mask, pos = rows[idx], gen[idx], tok[idx], mask[idx], pos[idx]
         mask = torch.cat([mask, mask.new_ones(mask.shape[0], 1)], dim=1)
@@ -298,7 +312,7 @@ def _beam(model, logits, cache, mask, pos, s: SearchSettings, banned) -> list[li
         Ba, Kc = scores.shape
         logp = _process(torch.log_softmax(logits.float(), dim=-1), gen, n, s, banned)
         cand = (logp + scores.view(-1, 1)).view(Ba, Kc * V)
-        top_s, top_i = cand.topk(2 * K, dim=-1)  # (Ba, 2K), best first
+        top_s, top_i = cand.topk(min(2 * K, Kc * V), dim=-1)  # (Ba, 2K), best first
         src, tok = top_i // V, top_i % V
         last = n + 1 == s.max_new_tokens
         ends = (tok == s.eos_id) | last
