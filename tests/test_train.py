@@ -119,3 +119,25 @@ def test_kill_while_saving_leaves_old_checkpoint(tmp_path, monkeypatch):
     monkeypatch.undo()
     assert torch.load(path)["step"] == 1
     assert [p.name for p in tmp_path.iterdir()] == ["last.pt"]
+
+
+@pytest.mark.parametrize("mode", ["sentence_sum", "token_mean"])
+def test_batch_loss_equals_full_logits_reference(mode):
+    """Training computes logits only from the first target on; the loss must equal the plain full-logits one."""
+    from prefix_tuning.config import MethodConfig
+    from prefix_tuning.methods import build_method
+    from prefix_tuning.train import batch_loss
+
+    method = build_method(MethodConfig(prefix_length=4, mlp_hidden=16), build_tiny("tiny-llama"), None, seed=0)
+    ids = torch.randint(0, 50257, (3, 12), generator=torch.Generator().manual_seed(0))
+    labels = ids.clone()
+    labels[0, :7] = labels[1, :5] = labels[2, :9] = -100
+    labels[2, 11] = -100  # padding
+    mask = torch.ones_like(ids)
+    mask[2, 11] = 0
+    loss, n = batch_loss(method, dict(input_ids=ids, attention_mask=mask, labels=labels), mode, None)
+    logits = method.forward(ids, mask)  # (B, T, V), all positions
+    nll = torch.nn.functional.cross_entropy(logits[:, :-1].transpose(1, 2), labels[:, 1:], ignore_index=-100,
+                                            reduction="none")
+    ref = nll.sum(1).mean() if mode == "sentence_sum" else nll.sum() / (labels[:, 1:] != -100).sum()
+    assert n == 14 and torch.allclose(loss, ref, rtol=1e-6)

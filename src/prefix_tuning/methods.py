@@ -59,12 +59,18 @@ class Method:
         if self.encoder is not None:
             self.encoder.eval()
 
-    def forward(self, input_ids: Tensor, attention_mask: Tensor, dtype: torch.dtype | None = None) -> Tensor:
-        """Logits (B, T, V) for the real tokens."""
+    def forward(self, input_ids: Tensor, attention_mask: Tensor, dtype: torch.dtype | None = None,
+                logits_to_keep: int = 0) -> Tensor:
+        """Logits (B, T, V) for the real tokens, or of the last `logits_to_keep` positions (B, k, V).
+
+        The LM head over a 50k vocabulary is a large part of a prefix step; the table part of a sequence
+        needs no logits, so training keeps only the positions from the first target on."""
         if self.encoder is None:
-            return self.model(input_ids=input_ids, attention_mask=attention_mask).logits
-        prefix = self.encoder()  # (L, 2, KV, P, D)
-        return self.model(**prefix_inputs(prefix, input_ids, attention_mask, dtype=dtype)).logits
+            kw = dict(input_ids=input_ids, attention_mask=attention_mask)
+        else:
+            prefix = self.encoder()  # (L, 2, KV, P, D)
+            kw = prefix_inputs(prefix, input_ids, attention_mask, dtype=dtype)
+        return self.model(**kw, logits_to_keep=logits_to_keep).logits
 
     def save(self, run_dir: Path, cfg: RunConfig) -> Path:
         """Store what the method keeps after training (atomically)."""

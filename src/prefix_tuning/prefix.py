@@ -116,14 +116,17 @@ def build_cache(prefix: Tensor, batch_size: int | None = None, dtype: torch.dtyp
     if prefix.dim() == 5:
         if batch_size is None:
             raise ValueError("batch_size is required for a shared prefix")
-        prefix = prefix.unsqueeze(0).expand(batch_size, *prefix.shape)
-    elif prefix.dim() != 6:
+        layers = prefix.unbind(0)  # L x (2, KV, P, D); expanding per layer keeps the backward cheap
+        kv = [(k.expand(batch_size, *k.shape), v.expand(batch_size, *v.shape)) for k, v in (x.unbind(0) for x in layers)]
+    elif prefix.dim() == 6:
+        kv = [tuple(x.unbind(1)) for x in prefix.unbind(1)]  # L x ((B, KV, P, D), (B, KV, P, D))
+    else:
         raise ValueError(f"prefix must be (L, 2, KV, P, D) or (B, L, 2, KV, P, D), got {tuple(prefix.shape)}")
-    if dtype is not None:
-        prefix = prefix.to(dtype)
     cache = DynamicCache()
-    for layer in range(prefix.shape[1]):
-        cache.update(prefix[:, layer, 0], prefix[:, layer, 1], layer)  # (B, KV, P, D) each
+    for layer, (k, v) in enumerate(kv):
+        if dtype is not None:
+            k, v = k.to(dtype), v.to(dtype)
+        cache.update(k, v, layer)  # (B, KV, P, D) each
     return cache
 
 

@@ -68,10 +68,16 @@ def batch_loss(method: Method, batch: dict[str, Tensor], mode: str, dtype: torch
     sentence_sum: each sentence's token losses are summed, then averaged over the batch (original code);
     token_mean: mean over all target tokens.
     """
-    logits = method.forward(batch["input_ids"], batch["attention_mask"], dtype)  # (B, T, V)
-    labels = batch["labels"][:, 1:]  # predict token t+1 from position t
-    logp = torch.nn.functional.cross_entropy(logits[:, :-1].float().transpose(1, 2), labels,
-                                             ignore_index=-100, reduction="none")  # (B, T-1)
+    labels = batch["labels"][:, 1:]  # predict token t+1 from position t: (B, T-1)
+    target = (labels != -100).any(0).nonzero()
+    start = int(target[0]) if len(target) else labels.shape[1] - 1  # first position any row predicts
+    labels = labels[:, start:]  # (B, k-1)
+    k = labels.shape[1] + 1
+    logits = method.forward(batch["input_ids"], batch["attention_mask"], dtype, logits_to_keep=k)  # (B, k, V)
+    B, V = logits.shape[0], logits.shape[-1]
+    # flat cross-entropy: no transposed copy of the logits, no slow 2-D nll path
+    logp = torch.nn.functional.cross_entropy(logits[:, :-1].float().reshape(-1, V), labels.reshape(-1),
+                                             ignore_index=-100, reduction="none").view(B, -1)  # (B, k-1)
     n_tokens = int((labels != -100).sum())
     if mode == "sentence_sum":
         return logp.sum(1).mean(), n_tokens
