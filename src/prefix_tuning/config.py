@@ -48,6 +48,9 @@ class DataConfig:
     """Longest training sequence in tokens (table + separator + reference + eos); longer ones are truncated."""
     on_error: str = "raise"
     """`raise` on the first malformed data row, or `skip` bad rows and report them."""
+    ref_style: str = "raw"
+    """`raw` references as in the CSVs, or `tokenized` as in the original code's data files (spaCy tokens
+    joined by spaces, e.g. "is n't"; needs `pip install 'prefix-tuning[tokenized]'`)."""
 
 
 @dataclass
@@ -148,6 +151,7 @@ class RunConfig:
 _CHOICES: dict[str, tuple[str, ...]] = {
     "data.variant": ("official", "cleaned"),
     "data.on_error": ("raise", "skip"),
+    "data.ref_style": ("raw", "tokenized"),
     "method.name": ("prefix", "finetune", "finetune-top"),
     "method.init": ("random", "words"),
     "train.precision": ("fp32", "bf16", "fp16"),

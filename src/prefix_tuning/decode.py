@@ -140,13 +140,17 @@ def load_tables(split: str, cfg, *, limit: int | None = None, mrs: str | Path | 
     (`name[The Eagle], eatType[pub]`; blank lines skipped), which has no references."""
     from .data import group_by_mr, linearize_mr, load_e2e
 
+    # tables in the form the run trained on; references always raw (the official scorer's)
+    tok = getattr(cfg.data, "ref_style", "raw") == "tokenized"
     if mrs is not None:
         lines = Path(mrs).read_text(encoding="utf-8").splitlines()
-        tables = [linearize_mr(line.strip(), where=f"{mrs}:{n}") for n, line in enumerate(lines, 1) if line.strip()]
+        tables = [linearize_mr(line.strip(), where=f"{mrs}:{n}", tokenized=tok)
+                  for n, line in enumerate(lines, 1) if line.strip()]
         return tables[:limit], None
     groups = group_by_mr(load_e2e(split, variant=cfg.data.variant, data_dir=cfg.data.dir,
                                   on_error=cfg.data.on_error))[:limit]
-    return [g.table for g in groups], [tuple(g.refs) for g in groups]
+    tables = [linearize_mr(g.mr, tokenized=True) for g in groups] if tok else [g.table for g in groups]
+    return tables, [tuple(g.refs) for g in groups]
 
 
 def output_paths(run_dir: Path, name: str, out: str | Path | None = None) -> tuple[Path, Path, Path]:

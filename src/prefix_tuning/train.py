@@ -45,11 +45,12 @@ def load_examples(cfg: RunConfig):
     """Train and dev examples per the data config (low-data aware). Runs first: bad data fails fast."""
     from . import data
 
-    train = data.load_e2e("train", variant=cfg.data.variant, data_dir=cfg.data.dir, on_error=cfg.data.on_error)
+    kw = dict(variant=cfg.data.variant, data_dir=cfg.data.dir, on_error=cfg.data.on_error, ref_style=cfg.data.ref_style)
+    train = data.load_e2e("train", **kw)
     if cfg.data.train_size is not None:
         train, dev = data.low_data_split(train, cfg.data.train_size, cfg.data.subset_seed)
     else:
-        dev = data.load_e2e("dev", variant=cfg.data.variant, data_dir=cfg.data.dir, on_error=cfg.data.on_error)
+        dev = data.load_e2e("dev", **kw)
     if cfg.data.dev_size is not None:
         dev = dev[: cfg.data.dev_size]
     return train, dev
