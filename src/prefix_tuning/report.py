@@ -30,7 +30,12 @@ def make_table(data: dict) -> str:
         cfg = runs[0]["config"]
         lines += [f"Model `{cfg['model']['name']}`; test MRs scored: {runs[0]['test_mrs']} (unique MRs of the E2E "
                   f"test set in order of first appearance); BLEU, METEOR, ROUGE-L in %. Metrics signature: "
-                  f"`{runs[0].get('metrics_signature')}`.", ""]
+                  f"`{runs[0].get('metrics_signature')}`.", "",
+                  f"Setup of the first run (see results.json for each): train size {cfg['data']['train_size'] or 'all'}, "
+                  f"method init `{cfg['method']['init']}`, lr {cfg['train']['lr']}, batch {cfg['train']['batch_size']}, "
+                  f"max steps {cfg['train']['max_steps']}, precision {cfg['train']['precision']}, output = weights with "
+                  f"the best dev loss; decoding beam {cfg['decode']['beam_size']}, max {cfg['decode']['max_new_tokens']} "
+                  f"new tokens.", ""]
     lines += ["## Runs", ""] + _header(["stored params", "checkpoint MB", "train s/epoch", "steps", "best dev loss"])
     for r in runs:
         m = r["metrics"]
