@@ -98,6 +98,7 @@ def make_plots(data: dict, out_dir: Path) -> list[Path]:
             xs = [r["prefix_length"] for r in runs if k in r["metrics"]]
             ax.plot(xs, [scale(k, r["metrics"][k]) for r in runs if k in r["metrics"]], "o-")
             ax.set_xscale("log")
+            ax.minorticks_off()
             ax.set_xticks(xs, [str(x) for x in xs])
             ax.set_xlabel("prefix length P")
             ax.set_title(k)
@@ -115,6 +116,7 @@ def make_plots(data: dict, out_dir: Path) -> list[Path]:
                 means = [statistics.fmean(v for s, v in pts if s == size) for size in sizes if any(s == size for s, _ in pts)]
                 ax.plot(sizes[:len(means)], means, "o-", color=color, label=method)
                 ax.set_xscale("log")
+                ax.minorticks_off()
                 ax.set_xticks(sizes, [str(s) for s in sizes])
                 ax.set_xlabel("training examples")
                 ax.set_ylabel(k + (" (%)" if k in PERCENT else ""))
