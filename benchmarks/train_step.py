@@ -67,8 +67,9 @@ class PeftAsMethod:
     def __init__(self, peft_model):
         self.model = peft_model
 
-    def forward(self, input_ids, attention_mask, dtype=None):
-        return self.model(input_ids=input_ids, attention_mask=attention_mask).logits
+    def forward(self, input_ids, attention_mask, dtype=None, logits_to_keep=0):
+        # PEFT forwards extra kwargs to the base model, so it gets the same logits-only-on-targets saving
+        return self.model(input_ids=input_ids, attention_mask=attention_mask, logits_to_keep=logits_to_keep).logits
 
 
 def setup(method: str, model, seed: int):
