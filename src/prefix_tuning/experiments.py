@@ -21,6 +21,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from .config import RunConfig, apply_overrides, from_dict, to_dict
+from .metrics import METRICS
 
 # Paper numbers, GPT-2 Medium, E2E test: BLEU NIST METEOR ROUGE-L CIDEr (BLEU/METEOR/ROUGE-L in %).
 PAPER = {
@@ -29,7 +30,6 @@ PAPER = {
     "ACL Table 2": {"finetune": (68.8, 8.71, 46.1, 71.1, 2.43), "finetune-top2": (68.1, 8.59, 46.0, 70.8, 2.41),
                     "prefix": (70.3, 8.82, 46.3, 72.1, 2.46)},
 }
-METRICS = ("BLEU", "NIST", "METEOR", "ROUGE_L", "CIDEr")
 LOWDATA_SIZES = (50, 100, 200, 500)
 # Appendix (low-data): max steps per train size; prefix lr 5e-5, batch 10, P = len("table-to-text:").
 LOWDATA_STEPS = {"prefix": {50: 200, 100: 200, 200: 200, 500: 400}, "finetune": {50: 100, 100: 100, 200: 200, 500: 400}}

@@ -6,7 +6,8 @@ import statistics
 from collections import defaultdict
 from pathlib import Path
 
-METRICS = ("BLEU", "NIST", "METEOR", "ROUGE_L", "CIDEr")
+from .metrics import METRICS
+
 PERCENT = {"BLEU", "METEOR", "ROUGE_L"}  # shown x100, as papers print them
 
 

@@ -22,8 +22,9 @@ from tqdm.auto import tqdm
 
 from .checkpoint import atomic_torch_save
 from .config import RunConfig, save_config
-from .methods import Method, build_method, stored_numel
+from .methods import MODEL_FILE, Method, build_method, stored_numel
 from .models import dtype_of, load_model, load_tokenizer, resolve_device
+from .prefix import PREFIX_FILE
 
 CKPT = "checkpoints/last.pt"
 LOG = "log.jsonl"
@@ -240,7 +241,7 @@ def train(cfg: RunConfig, *, resume: bool = True, max_steps_this_call: int | Non
         bar.close()
         log.close()
 
-    artifact = run_dir / ("prefix.safetensors" if method.encoder is not None else "model.safetensors")
+    artifact = run_dir / (PREFIX_FILE if method.encoder is not None else MODEL_FILE)
     if step >= total_steps and (best is None or not artifact.exists()):
         method.save(run_dir, cfg)  # no dev set: the last weights are the output
     epochs_done = step / steps_per_epoch
