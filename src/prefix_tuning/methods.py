@@ -3,8 +3,8 @@
 - `prefix`: the backbone is frozen; a `PrefixEncoder` trains; only the collapsed prefix is stored
   (`prefix.safetensors`, paper §4.3).
 - `finetune`: every weight trains; the whole model is stored (`model.safetensors`).
-- `finetune-top`: only the top `top_k_layers` transformer blocks (and the final norm) train; the paper's
-  FT-top2 baseline (Table 1). Stored like `finetune`.
+- `finetune-top`: only the top `top_k_layers` transformer blocks train (embeddings, lower blocks, final
+  norm and LM head stay frozen); the paper's FT-top2 baseline (Table 1). Stored like `finetune`.
 """
 
 from __future__ import annotations

@@ -15,6 +15,10 @@ def _fmt(metric: str, v: float) -> str:
     return f"{100 * v:.1f}" if metric in PERCENT else f"{v:.2f}"
 
 
+def _budget(train: dict) -> str:
+    return f"max steps {train['max_steps']}" if train.get("max_steps") else f"{train['epochs']} epochs"
+
+
 def _mean_sd(xs: list[float]) -> tuple[float, float]:
     return statistics.fmean(xs), (statistics.stdev(xs) if len(xs) > 1 else 0.0)
 
@@ -34,7 +38,7 @@ def make_table(data: dict) -> str:
                   f"`{runs[0].get('metrics_signature')}`.", "",
                   f"Setup of the first run (see results.json for each): train size {cfg['data']['train_size'] or 'all'}, "
                   f"method init `{cfg['method']['init']}`, lr {cfg['train']['lr']}, batch {cfg['train']['batch_size']}, "
-                  f"max steps {cfg['train']['max_steps']}, precision {cfg['train']['precision']}, output = weights with "
+                  f"{_budget(cfg['train'])}, precision {cfg['train']['precision']}, output = weights with "
                   f"the best dev loss; decoding beam {cfg['decode']['beam_size']}, max {cfg['decode']['max_new_tokens']} "
                   f"new tokens.", ""]
     lines += ["## Runs", ""] + _header(["stored params", "checkpoint MB", "train s/epoch", "steps", "best dev loss"])
