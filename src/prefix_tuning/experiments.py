@@ -127,7 +127,8 @@ def run_one(run: Run, test_limit: int | None, out_dir: Path, keep_checkpoints: b
 
     run_dir = Path(run.cfg.out_dir)
     done = run_dir / "result.json"
-    if done.is_file():
+    if done.is_file():  # finished earlier, maybe for another results folder: reuse it, outputs included
+        _copy_outputs(run, run_dir / "outputs-test.txt", out_dir)
         return json.loads(done.read_text())
     t0 = time.perf_counter()
     res = train(run.cfg)
@@ -142,8 +143,7 @@ def run_one(run: Run, test_limit: int | None, out_dir: Path, keep_checkpoints: b
               "trainable_params": res.trainable_params, "checkpoint_bytes": res.artifact.stat().st_size,
               "decode_seconds": t2 - t1, "wall_seconds": t2 - t0, "test_mrs": test_limit or "all",
               "config": to_dict(run.cfg)}
-    (out_dir / "outputs").mkdir(parents=True, exist_ok=True)
-    (out_dir / "outputs" / f"{run.name}.txt").write_text(Path(outputs).read_text(encoding="utf-8"), encoding="utf-8")
+    _copy_outputs(run, Path(outputs), out_dir)
     if not keep_checkpoints:
         (run_dir / "checkpoints" / "last.pt").unlink(missing_ok=True)
     from .checkpoint import atomic_path
@@ -151,6 +151,12 @@ def run_one(run: Run, test_limit: int | None, out_dir: Path, keep_checkpoints: b
     with atomic_path(done) as tmp:
         tmp.write_text(json.dumps(result, indent=1))
     return result
+
+
+def _copy_outputs(run: Run, outputs: Path, out_dir: Path) -> None:
+    """results/<experiment>/outputs/<run>.txt: the decoded test outputs kept with the results."""
+    (out_dir / "outputs").mkdir(parents=True, exist_ok=True)
+    (out_dir / "outputs" / f"{run.name}.txt").write_text(outputs.read_text(encoding="utf-8"), encoding="utf-8")
 
 
 def reproduce(p: Plan, out_dir: Path, *, keep_checkpoints: bool = False) -> list[dict]:
