@@ -60,11 +60,11 @@ def test_rerun_skips_finished_runs(quick_demo, monkeypatch):
         raise AssertionError("a finished run was trained again")
 
     monkeypatch.setattr("prefix_tuning.train.train", boom)
-    args = ["reproduce", "demo", "--quick", "--out", str(quick_demo / "results"), "--runs-dir", str(quick_demo / "runs")]
-    assert main(args) == 0
+    args = lambda out: ["reproduce", "demo", "--quick", "--out", str(out), "--runs-dir", str(quick_demo / "runs")]
+    assert main(args(quick_demo / "results")) == 0
     # runs finished for one results folder are reused, outputs included, by another (e.g. merging seeds run apart)
     other = quick_demo / "merged"
-    assert main([*args[:3], "--out", str(other), *args[5:]]) == 0
+    assert main(args(other)) == 0
     for name in ["prefix-n16-s0", "finetune-n16-s0"]:
         assert (other / "outputs" / f"{name}.txt").read_text() == (quick_demo / "results" / "outputs" / f"{name}.txt").read_text()
     assert json.loads((other / "results.json").read_text()) == json.loads((quick_demo / "results" / "results.json").read_text())

@@ -122,13 +122,13 @@ def plan(experiment: str, *, model: str = "gpt2-medium", quick: bool = False, se
 
 def run_one(run: Run, test_limit: int | None, out_dir: Path, keep_checkpoints: bool = False) -> dict:
     """train -> generate -> evaluate for one run, skipping whatever already finished."""
-    from .decode import generate_run
+    from .decode import generate_run, output_paths
     from .train import train
 
     run_dir = Path(run.cfg.out_dir)
     done = run_dir / "result.json"
     if done.is_file():  # finished earlier, maybe for another results folder: reuse it, outputs included
-        _copy_outputs(run, run_dir / "outputs-test.txt", out_dir)
+        _copy_outputs(run.name, output_paths(run_dir, "test")[0], out_dir)
         return json.loads(done.read_text())
     t0 = time.perf_counter()
     res = train(run.cfg)
@@ -143,7 +143,7 @@ def run_one(run: Run, test_limit: int | None, out_dir: Path, keep_checkpoints: b
               "trainable_params": res.trainable_params, "checkpoint_bytes": res.artifact.stat().st_size,
               "decode_seconds": t2 - t1, "wall_seconds": t2 - t0, "test_mrs": test_limit or "all",
               "config": to_dict(run.cfg)}
-    _copy_outputs(run, Path(outputs), out_dir)
+    _copy_outputs(run.name, Path(outputs), out_dir)
     if not keep_checkpoints:
         (run_dir / "checkpoints" / "last.pt").unlink(missing_ok=True)
     from .checkpoint import atomic_path
@@ -153,10 +153,10 @@ def run_one(run: Run, test_limit: int | None, out_dir: Path, keep_checkpoints: b
     return result
 
 
-def _copy_outputs(run: Run, outputs: Path, out_dir: Path) -> None:
-    """results/<experiment>/outputs/<run>.txt: the decoded test outputs kept with the results."""
+def _copy_outputs(name: str, outputs: Path, out_dir: Path) -> None:
+    """results/<experiment>/outputs/<name>.txt: the decoded test outputs kept with the results."""
     (out_dir / "outputs").mkdir(parents=True, exist_ok=True)
-    (out_dir / "outputs" / f"{run.name}.txt").write_text(outputs.read_text(encoding="utf-8"), encoding="utf-8")
+    (out_dir / "outputs" / f"{name}.txt").write_text(outputs.read_text(encoding="utf-8"), encoding="utf-8")
 
 
 def reproduce(p: Plan, out_dir: Path, *, keep_checkpoints: bool = False) -> list[dict]:
