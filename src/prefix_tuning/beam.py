@@ -48,6 +48,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor, nn
 
+from .hardware import dtype_of
 from .kvcache import new_cache
 
 NEG = -1.0e9  # HF's "impossible" score offset; kept so that ties and orderings match its beam search
@@ -320,9 +321,8 @@ def check_prefixes(model: nn.Module, prefixes: list[Tensor | None]) -> None:
 
 
 def precision_context(model: nn.Module, precision: str):
-    """(context, cache dtype): autocast when an fp32 model runs in bf16/fp16; native otherwise."""
-    from .models import dtype_of
-
+    """(context, cache dtype): autocast when an fp32 model runs in bf16/fp16; native otherwise.
+    precision: a concrete one (`hardware.resolve_precision` turns `auto` into one)."""
     want = dtype_of(precision)
     param = next(model.parameters())
     if want is None or param.dtype == want:

@@ -17,6 +17,8 @@ from typing import Any, get_type_hints
 
 import yaml
 
+from .hardware import PRECISIONS
+
 
 class ConfigError(ValueError):
     """A config file or override that cannot be used as written."""
@@ -99,8 +101,10 @@ class TrainConfig:
     """Gradient clipping norm (original code: 1.0); None disables."""
     seed: int = 101
     """Seed for init, shuffling and dropout (original code: 101)."""
-    precision: str = "fp32"
-    """`fp32`, `bf16` or `fp16` autocast (bf16 is ~2.5x faster on CPUs with AVX512-BF16)."""
+    precision: str = "auto"
+    """`auto`: bf16 where the device computes it natively (CUDA with bf16, CPUs with AVX512-BF16/AMX), fp16 on
+    CUDA without bf16, else fp32 (on an AVX2-only CPU bf16 is emulated and ~30x slower). Or `fp32`, `bf16`,
+    `fp16` autocast. The precision used is stored in the run dir's config.yaml and result."""
     loss: str = "sentence_sum"
     """`sentence_sum`: per-sentence summed token loss averaged over the batch (original code), or
     `token_mean`: mean over all reference tokens in the batch."""
@@ -114,7 +118,8 @@ class TrainConfig:
     device: str = "auto"
     """`auto` (cuda if available), `cpu`, `cuda`, `cuda:1`, ..."""
     num_threads: int | None = None
-    """torch CPU threads; None leaves torch's default."""
+    """torch CPU threads; None = the cores available to this process (CPU affinity and cgroup quota). Two
+    runs sharing a machine are each faster with half the cores than both with all of them."""
 
 
 @dataclass
@@ -133,8 +138,11 @@ class DecodeConfig:
     """Ban newline tokens (the original bans GPT-2 ids 198 and 628); found by decoding each vocab token."""
     batch_size: int = 16
     """MRs per decoding batch (results do not depend on it)."""
-    precision: str = "fp32"
-    """`fp32`, `bf16` or `fp16` for decoding."""
+    precision: str = "auto"
+    """`auto` (as train.precision: bf16 only where native, else fp32), `fp32`, `bf16` or `fp16` for decoding.
+    bf16 outputs can depend on which rows share a batch; fp32 outputs do not."""
+    num_threads: int | None = None
+    """torch CPU threads for decoding; None = the cores available to this process."""
 
 
 @dataclass
@@ -154,9 +162,9 @@ _CHOICES: dict[str, tuple[str, ...]] = {
     "data.ref_style": ("raw", "tokenized"),
     "method.name": ("prefix", "finetune", "finetune-top"),
     "method.init": ("random", "words"),
-    "train.precision": ("fp32", "bf16", "fp16"),
+    "train.precision": PRECISIONS,
     "train.loss": ("sentence_sum", "token_mean"),
-    "decode.precision": ("fp32", "bf16", "fp16"),
+    "decode.precision": PRECISIONS,
 }
 
 

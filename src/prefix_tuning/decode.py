@@ -44,6 +44,7 @@ from torch import Tensor, nn
 
 from .beam import SearchSettings, check_prefixes, decode_ids, row_prefixes
 from .config import DecodeConfig
+from .hardware import PRECISIONS, dtype_of, resolve_precision, set_threads
 
 EARLY_STOPPING = (False, True, "never")
 
@@ -109,8 +110,9 @@ def decode(model: nn.Module, tokenizer, tables: Sequence[str], prefix: Tensor | 
     settings = search_settings(cfg, tokenizer, early_stopping=early_stopping, banned_ids=banned_ids)
     prompts = [encode_prompt(tokenizer, t) for t in tables]
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else settings.eos_id
+    precision = resolve_precision(cfg.precision, next(model.parameters()).device)
     ids = decode_ids(model, prompts, prefixes, settings, pad_id=pad, batch_size=cfg.batch_size,
-                     precision=cfg.precision, progress=progress)
+                     precision=precision, progress=progress)
     return [ids_to_text(tokenizer, g) for g in ids]
 
 
@@ -235,7 +237,7 @@ def generate_runs(run_dirs: Sequence[str | Path], split: str = "test", *, out: s
     (metrics: a subset of BLEU, NIST, METEOR, ROUGE_L, CIDEr; default all). Returns the outputs file of each
     run (in the order given)."""
     from .config import load_config
-    from .models import dtype_of, resolve_device
+    from .models import resolve_device
 
     if split not in ("train", "dev", "test"):
         raise ValueError(f"split must be train, dev or test, got {split!r}")
@@ -259,8 +261,11 @@ def generate_runs(run_dirs: Sequence[str | Path], split: str = "test", *, out: s
     for group in groups.values():
         model, tokenizer, prefixes = _load_group(group, dev)
         d = group[0].decode_cfg
-        if dtype_of(d.precision) is not None:
-            model = model.to(dtype_of(d.precision))  # we own this model: native low precision, no autocast
+        threads = set_threads(d.num_threads)
+        precision = resolve_precision(d.precision, dev)
+        d = dataclasses.replace(d, precision=precision)
+        if dtype_of(precision) is not None:
+            model = model.to(dtype_of(precision))  # we own this model: native low precision, no autocast
         tables = [t for job in group for t in job.tables]
         index = [k for k, job in enumerate(group) for _ in job.tables]
         t0 = time.time()
@@ -276,7 +281,7 @@ def generate_runs(run_dirs: Sequence[str | Path], split: str = "test", *, out: s
                 _write_text(job.refs_path, refs_text(job.refs))
                 res = _score(job.refs, hyps, metrics) if scores else None
                 if res is not None:
-                    res.update(split=job.split, n_mrs=len(hyps), decode=dataclasses.asdict(job.decode_cfg),
+                    res.update(split=job.split, n_mrs=len(hyps), decode=dataclasses.asdict(d), threads=threads,
                                early_stopping=job.early_stopping, decode_seconds=round(seconds, 2),
                                decoded_with=[str(j.run_dir) for j in group])
                     _write_text(job.scores_path, json.dumps(res, indent=2) + "\n")
@@ -336,8 +341,11 @@ def add_generate_parser(subparsers) -> argparse.ArgumentParser:
                    "the original's); true = stop as soon as K hypotheses finished; never = exhaustive bound")
     g.add_argument("--batch-size", type=int, metavar="N", help="MRs per batch; results do not depend on it "
                    "(default 16)")
-    g.add_argument("--precision", choices=("fp32", "bf16", "fp16"), help="model dtype for decoding "
-                   "(default fp32; bf16 is ~2x faster on CPUs with AVX512-BF16)")
+    g.add_argument("--precision", choices=PRECISIONS, help="model dtype for decoding (default auto: bf16 where "
+                   "the device computes it natively, i.e. CUDA or CPUs with AVX512-BF16/AMX, else fp32; fp32 "
+                   "outputs do not depend on which rows share a batch)")
+    g.add_argument("--threads", type=int, metavar="N", help="torch CPU threads (default: the cores available "
+                   "to this process)")
     p.add_argument("--device", default="auto", help="auto (cuda if available), cpu, cuda, cuda:1 (default auto)")
     p.add_argument("--no-scores", action="store_true", help="write outputs and refs but do not score")
     p.add_argument("--metrics", metavar="LIST", help="comma-separated subset of BLEU,NIST,METEOR,ROUGE_L,CIDEr "
@@ -357,7 +365,7 @@ def run_generate(args: argparse.Namespace) -> int:
             beam_size=1 if args.greedy else args.beam_size, max_new_tokens=args.max_new_tokens,
             min_new_tokens=args.min_new_tokens, length_penalty=args.length_penalty,
             no_repeat_ngram_size=args.no_repeat_ngram_size, ban_newlines=False if args.allow_newlines else None,
-            batch_size=args.batch_size, precision=args.precision)
+            batch_size=args.batch_size, precision=args.precision, num_threads=args.threads)
     except ValueError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

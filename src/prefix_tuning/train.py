@@ -9,8 +9,10 @@ resumes ends with the same weights as an uninterrupted one. Checkpoints are writ
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
+import sys
 import random
 import time
 from dataclasses import dataclass
@@ -23,7 +25,8 @@ from tqdm.auto import tqdm
 from .checkpoint import atomic_torch_save
 from .config import RunConfig, save_config
 from .methods import MODEL_FILE, Method, build_method, stored_numel
-from .models import dtype_of, load_model, load_tokenizer, resolve_device
+from .hardware import describe_cpu, dtype_of, resolve_precision, set_threads
+from .models import load_model, load_tokenizer, resolve_device
 from .prefix import PREFIX_FILE
 
 CKPT = "checkpoints/last.pt"
@@ -40,6 +43,8 @@ class TrainResult:
     stored_params: int
     trainable_params: int
     artifact: Path
+    precision: str  # the concrete precision trained in (`auto` resolved)
+    threads: int
 
 
 def load_examples(cfg: RunConfig):
@@ -135,11 +140,15 @@ def train(cfg: RunConfig, *, resume: bool = True, max_steps_this_call: int | Non
     """
     run_dir = Path(cfg.out_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
-    save_config(cfg, run_dir / "config.yaml")
-    if cfg.train.num_threads:
-        torch.set_num_threads(cfg.train.num_threads)
+    threads = set_threads(cfg.train.num_threads)
     device = resolve_device(cfg.train.device)
-    dtype = dtype_of(cfg.train.precision)
+    precision = resolve_precision(cfg.train.precision, device)
+    # config.yaml records what was used: `auto` resolved for this machine
+    cfg = dataclasses.replace(cfg, train=dataclasses.replace(cfg.train, precision=precision))
+    save_config(cfg, run_dir / "config.yaml")
+    dtype = dtype_of(precision)
+    print(f"[train] {cfg.method.name}: precision {precision}, {threads} threads, device {device}"
+          + (f" ({describe_cpu()})" if device.type == "cpu" else ""), file=sys.stderr)
 
     train_ex, dev_ex = load_examples(cfg)
     torch.manual_seed(cfg.train.seed)
@@ -193,6 +202,8 @@ def train(cfg: RunConfig, *, resume: bool = True, max_steps_this_call: int | Non
     from .data import collate
 
     log = open(run_dir / LOG, "a", encoding="utf-8")
+    log.write(json.dumps({"event": "start", "step": step, "precision": precision, "threads": threads,
+                          "device": str(device), "cpu": describe_cpu() if device.type == "cpu" else None}) + "\n")
     bar = tqdm(total=total_steps, initial=step, desc=f"train {cfg.method.name}", unit="step", dynamic_ncols=True)
     ran = 0
     method.train_mode(cfg.method.backbone_dropout)
@@ -247,4 +258,4 @@ def train(cfg: RunConfig, *, resume: bool = True, max_steps_this_call: int | Non
     epochs_done = step / steps_per_epoch
     return TrainResult(run_dir, step, best, train_seconds, train_seconds / max(epochs_done, 1e-9),
                        stored_numel(cfg, model, method.encoder.length if method.encoder else None),
-                       sum(p.numel() for p in params), artifact)
+                       sum(p.numel() for p in params), artifact, precision, threads)
