@@ -18,12 +18,12 @@ import pytest
 import torch
 from torch import nn
 
-from prefix_tuning.beam import SearchSettings, prefill_inputs, search
+from prefix_tuning.beam import SearchSettings, left_pad, search
 from prefix_tuning.config import DecodeConfig, MethodConfig, ModelConfig, RunConfig, save_config
 from prefix_tuning.data import encode_prompt, group_by_mr, load_e2e
 from prefix_tuning.decode import decode, generate_run, main, newline_token_ids, search_settings
 from prefix_tuning.models import KVShape, build_tiny, load_tokenizer
-from prefix_tuning.prefix import build_cache, save_prefix
+from prefix_tuning.prefix import build_cache, prefix_inputs, save_prefix
 
 EOS = 50256
 # EOS-row scale per model: chosen so that outputs end anywhere between 2 and 20 tokens (see module doc)
@@ -165,12 +165,12 @@ def prompts_of(tok, tables):
 
 def test_prefill_positions_and_mask():
     pre5, pre3 = torch.zeros(1, 2, 1, 5, 2), torch.zeros(1, 2, 1, 3, 2)
-    kw, next_pos, Pm = prefill_inputs([[1, 2, 3], [4]], [pre5, pre3], pad_id=0, device=torch.device("cpu"))
-    assert Pm == 5
+    ids, mask = left_pad([[1, 2, 3], [4]], 0, torch.device("cpu"))
+    kw = prefix_inputs([pre5, pre3], ids, mask)
     assert kw["input_ids"].tolist() == [[1, 2, 3], [0, 0, 4]]
     assert kw["attention_mask"].tolist() == [[1, 1, 1, 1, 1, 1, 1, 1], [0, 0, 1, 1, 1, 0, 0, 1]]
-    assert kw["position_ids"][0].tolist() == [5, 6, 7] and kw["position_ids"][1, -1].item() == 3
-    assert next_pos.tolist() == [8, 4]
+    assert kw["position_ids"].tolist() == [[5, 6, 7], [3, 3, 3]]  # pads take the first real position
+    assert kw["cache"].layers[0].keys.shape == (2, 1, 5, 2)  # the shorter prefix left-padded to 5
 
 
 def test_greedy_matches_reference(model, tok, tables):

@@ -3,12 +3,12 @@
 `search` is the engine behind `prefix_tuning.decode.decode`; it works on token ids.
 
 How a batch runs:
-1. Prefill, once per ROW (not once per beam): prompts are left-padded to the longest, prefixes of different
-   lengths are left-padded to the longest with masked zero keys/values, so the cache of row i is
+1. Prefill, once per ROW (not once per beam): prompts are left-padded to the longest (`left_pad`), and
+   `prefix.prefix_inputs` (the one path by which a prefix enters the model, training included) left-pads
+   prefixes of different lengths with masked zeros, so the cache of row i is
    `[masked pad | prefix_i (P_i) | masked pad | prompt_i (T_i)]`. Real prompt tokens take positions
-   P_i .. P_i+T_i-1 (position = P_i + number of real tokens before), generated token n takes P_i+T_i+n:
-   exactly the positions a row would get alone, so results depend neither on the batch nor on padding.
-   Only the last position's logits are computed (`logits_to_keep`).
+   P_i .. P_i+T_i-1, generated token n takes P_i+T_i+n: exactly the positions a row would get alone, so
+   results depend neither on the batch nor on padding. Only the last position's logits are computed.
 2. The cache is expanded to beams by one `index_select` (`Cache.reorder_cache`), then reordered by each
    step's source-beam index (the same call). Rows whose search is over are dropped from the batch (same
    call again), so a batch gets cheaper as its rows finish (HF keeps computing every row until the last
@@ -50,6 +50,8 @@ from torch import Tensor, nn
 
 from .hardware import dtype_of
 from .kvcache import new_cache
+from .models import KVShape
+from .prefix import check_fits, prefix_inputs, prefix_lengths
 
 NEG = -1.0e9  # HF's "impossible" score offset; kept so that ties and orderings match its beam search
 
@@ -66,46 +68,16 @@ class SearchSettings:
     early_stopping: bool | str = False
 
 
-def prefill_inputs(prompts: list[list[int]], prefixes: list[Tensor | None], *, pad_id: int,
-                   device: torch.device) -> tuple[dict, Tensor, int]:
-    """Model kwargs (without the cache) for the first forward of a batch, the position of each row's first
-    new token, and the padded prefix length.
-
-    prompts: token ids per row (any lengths); prefixes: (L, 2, KV, P_i, D) per row or None (P_i = 0).
-    """
-    B = len(prompts)
+def left_pad(prompts: list[list[int]], pad_id: int, device: torch.device) -> tuple[Tensor, Tensor]:
+    """input_ids (B, T) and attention_mask (B, T) of prompts left-padded to the longest: every row's last
+    position is its last real token, whose logits give the first new token."""
     T = max(len(p) for p in prompts)
-    lens = [0 if p is None else p.shape[-2] for p in prefixes]
-    Pm = max(lens)
-    ids = torch.full((B, T), pad_id, dtype=torch.long)
-    mask = torch.zeros(B, Pm + T, dtype=torch.long)
-    pos = torch.zeros(B, T, dtype=torch.long)
-    for i, (p, P) in enumerate(zip(prompts, lens)):
-        n = len(p)
-        ids[i, T - n:] = torch.tensor(p, dtype=torch.long)
-        mask[i, Pm - P:Pm] = 1
-        mask[i, Pm + T - n:] = 1
-        pos[i, :] = P
-        pos[i, T - n:] = P + torch.arange(n)
-    kw = dict(input_ids=ids.to(device), attention_mask=mask.to(device), position_ids=pos.to(device))
-    next_pos = torch.tensor([P + len(p) for p, P in zip(prompts, lens)], dtype=torch.long, device=device)
-    return kw, next_pos, Pm
-
-
-def _prefix_cache(model: nn.Module, prefixes: list[Tensor | None], Pm: int, device, dtype,
-                  capacity: int | None = None):
-    cache = new_cache(model, capacity)
-    if Pm == 0:
-        return cache
-    ref = next(p for p in prefixes if p is not None)
-    L, _, KV, _, D = ref.shape
-    kv = torch.zeros(len(prefixes), L, 2, KV, Pm, D, dtype=dtype, device=device)
-    for i, p in enumerate(prefixes):
-        if p is not None and p.shape[-2]:
-            kv[i, ..., Pm - p.shape[-2]:, :] = p.to(device=device, dtype=dtype)
-    for layer in range(L):
-        cache.update(kv[:, layer, 0], kv[:, layer, 1], layer)  # (B, KV, Pm, D) each
-    return cache
+    ids = torch.full((len(prompts), T), pad_id, dtype=torch.long)
+    mask = torch.zeros(len(prompts), T, dtype=torch.long)
+    for i, p in enumerate(prompts):
+        ids[i, T - len(p):] = torch.tensor(p, dtype=torch.long)
+        mask[i, T - len(p):] = 1
+    return ids.to(device), mask.to(device)
 
 
 def _banned_ngram_tokens(seq: list[int], n: int) -> list[int]:
@@ -172,10 +144,12 @@ def search(model: nn.Module, prompts: list[list[int]], prefixes: list[Tensor | N
     prefixes = list(prefixes) if prefixes is not None else [None] * len(prompts)
     if len(prefixes) != len(prompts):
         raise ValueError(f"{len(prompts)} prompts but {len(prefixes)} prefixes")
-    kw, next_pos, Pm = prefill_inputs(prompts, prefixes, pad_id=pad_id, device=device)
-    capacity = kw["attention_mask"].shape[1] + s.max_new_tokens  # cache length at the last step
-    cache = _prefix_cache(model, prefixes, Pm, device, dtype, capacity)
-    logits = _forward(model, cache=cache, **kw)
+    ids, mask = left_pad(prompts, pad_id, device)  # (B, T) each
+    capacity = max(prefix_lengths(prefixes, len(prompts))) + ids.shape[1] + s.max_new_tokens  # cache at the end
+    kw = prefix_inputs(prefixes, ids, mask, dtype=dtype, cache=new_cache(model, capacity))
+    next_pos = kw["position_ids"][:, -1] + 1  # (B,) position of each row's first new token
+    cache = kw["cache"]
+    logits = _forward(model, kw["input_ids"], kw["attention_mask"], kw["position_ids"], cache)
     banned = torch.tensor(sorted(set(s.banned_ids)), dtype=torch.long, device=device) if s.banned_ids else None
     if algorithm not in ("auto", "greedy", "beam"):
         raise ValueError(f"algorithm must be auto, greedy or beam, got {algorithm!r}")
@@ -309,9 +283,6 @@ def row_prefixes(prefix, prefix_index: Sequence[int] | None, n: int) -> list[Ten
 
 
 def check_prefixes(model: nn.Module, prefixes: list[Tensor | None]) -> None:
-    from .models import KVShape
-    from .prefix import check_fits
-
     shape = KVShape.from_config(model.config)
     seen = set()
     for p in prefixes:

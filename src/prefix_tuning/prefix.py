@@ -3,22 +3,31 @@
 Shapes used throughout (nanoGPT style):
     L layers, KV key/value heads, P prefix positions, D head dim, B batch, T real tokens.
 A prefix tensor is (L, 2, KV, P, D): [:, 0] keys, [:, 1] values. A batch of different prefixes is
-(B, L, 2, KV, P, D). This is also the on-disk contract of `prefix.safetensors` (one fp32 tensor `prefix`).
+(B, L, 2, KV, P, D), or a list of B (L, 2, KV, P_i, D) tensors (or None) of different lengths. The first
+form is also the on-disk contract of `prefix.safetensors` (one fp32 tensor `prefix`).
 
-The prefix enters the model only through a transformers `DynamicCache` built fresh for every call
-(`build_cache`): a cache is extended in place by each forward, so sharing one would leak state.
-Real tokens take positions P..P+T-1 and the attention mask covers P+T, as in the original code, where
-GPT-2 counted the past length into its positions.
+How a prefix enters the model, for training and decoding alike: `prefix_inputs` gives the model kwargs of
+a batch, i.e. a cache holding the prefix keys/values (`build_cache`), the attention mask over prefix + tokens
+and the position ids. Prefixes of different lengths are left-padded to the longest with masked zeros, and
+the real tokens of row i take positions P_i..P_i+T_i-1 whatever the padding (right padding in training,
+left padding in decoding): exactly the positions the row gets alone, as in the original code, where GPT-2
+counted the past length into its positions. The cache is filled fresh for every call (a forward extends
+it in place, so sharing one would leak state); decoding hands in an empty `kvcache.new_cache` to fill.
 """
 
 from __future__ import annotations
 
 import json
+from collections.abc import Sequence
 from pathlib import Path
 
 import torch
+from safetensors import safe_open
+from safetensors.torch import save_file
 from torch import Tensor, nn
+from transformers import DynamicCache
 
+from .checkpoint import atomic_path
 from .models import KVShape
 
 PREFIX_FILE = "prefix.safetensors"
@@ -94,8 +103,6 @@ class PrefixEncoder(nn.Module):
 @torch.no_grad()
 def activations_of(model: nn.Module, input_ids: Tensor) -> Tensor:
     """The frozen model's own keys/values for a token sequence (1, P) as a prefix (L, 2, KV, P, D)."""
-    from transformers import DynamicCache
-
     cache = DynamicCache()
     model(input_ids=input_ids, cache=cache, use_cache=True)
     return torch.stack([torch.stack([k[0], v[0]]) for k, v in cache_layers(cache)]).float()
@@ -106,52 +113,75 @@ def cache_layers(cache) -> list[tuple[Tensor, Tensor]]:
     return [(layer.keys, layer.values) for layer in cache.layers]
 
 
-def build_cache(prefix: Tensor, batch_size: int | None = None, dtype: torch.dtype | None = None):
-    """A fresh DynamicCache holding the prefix for every row of a batch.
+PrefixBatch = Tensor | Sequence[Tensor | None]
+"""A shared (L, 2, KV, P, D) prefix, a (B, L, 2, KV, P, D) stack, or B (L, 2, KV, P_i, D) tensors or None."""
 
-    prefix: (L, 2, KV, P, D) shared by all rows (expanded to batch_size), or (B, L, 2, KV, P, D) one per row.
+
+def prefix_lengths(prefix: PrefixBatch, batch_size: int) -> list[int]:
+    """P_i of every row (0 for a row without a prefix)."""
+    if isinstance(prefix, Tensor):
+        if prefix.dim() not in (5, 6):
+            raise ValueError(f"prefix must be (L, 2, KV, P, D) or (B, L, 2, KV, P, D), got {tuple(prefix.shape)}")
+        return [prefix.shape[-2]] * batch_size
+    return [0 if p is None else p.shape[-2] for p in prefix]
+
+
+def build_cache(prefix: PrefixBatch, batch_size: int | None = None, dtype: torch.dtype | None = None, *,
+                device: torch.device | None = None, cache=None):
+    """A cache holding the prefix of every row of a batch; prefixes shorter than the longest are left-padded
+    with zeros (`prefix_inputs` masks them).
+
+    A shared (L, 2, KV, P, D) prefix is expanded to batch_size rows per layer: a view, so the backward of a
+    training step sums the rows' gradients into one small tensor instead of going through a (B, L, ...) copy.
+    cache: an empty cache to fill (decoding passes `kvcache.new_cache`); default a fresh DynamicCache.
     """
-    from transformers import DynamicCache
-
-    if prefix.dim() == 5:
+    cache = DynamicCache() if cache is None else cache
+    if isinstance(prefix, Tensor) and prefix.dim() == 5:
         if batch_size is None:
             raise ValueError("batch_size is required for a shared prefix")
-        layers = prefix.unbind(0)  # L x (2, KV, P, D); expanding per layer keeps the backward cheap
-        kv = [(k.expand(batch_size, *k.shape), v.expand(batch_size, *v.shape)) for k, v in (x.unbind(0) for x in layers)]
-    elif prefix.dim() == 6:
-        kv = [tuple(x.unbind(1)) for x in prefix.unbind(1)]  # L x ((B, KV, P, D), (B, KV, P, D))
+        # L x ((B, KV, P, D), (B, KV, P, D)), views of the one prefix
+        kv = [(k.expand(batch_size, *k.shape), v.expand(batch_size, *v.shape))
+              for k, v in (layer.unbind(0) for layer in prefix.unbind(0))]
     else:
-        raise ValueError(f"prefix must be (L, 2, KV, P, D) or (B, L, 2, KV, P, D), got {tuple(prefix.shape)}")
-    cache = DynamicCache()
+        rows = list(prefix)  # B x (L, 2, KV, P_i, D) or None
+        lengths = prefix_lengths(rows, len(rows))
+        P = max(lengths, default=0)
+        if P == 0:
+            return cache
+        first = next(p for p in rows if p is not None)
+        L, _, KV, _, D = first.shape
+        stack = torch.zeros(len(rows), L, 2, KV, P, D, dtype=dtype or first.dtype, device=device or first.device)
+        for i, (p, n) in enumerate(zip(rows, lengths)):
+            if n:
+                stack[i, ..., P - n:, :] = p.to(device=stack.device, dtype=stack.dtype)
+        kv = [(stack[:, layer, 0], stack[:, layer, 1]) for layer in range(L)]  # L x ((B, KV, P, D), ...)
     for layer, (k, v) in enumerate(kv):
-        if dtype is not None:
-            k, v = k.to(dtype), v.to(dtype)
-        cache.update(k, v, layer)  # (B, KV, P, D) each
+        cache.update(k.to(device=device, dtype=dtype), v.to(device=device, dtype=dtype), layer)
     return cache
 
 
-def prefix_inputs(prefix: Tensor, input_ids: Tensor, attention_mask: Tensor | None = None,
-                  dtype: torch.dtype | None = None) -> dict:
-    """Model kwargs that run `input_ids` after the prefix: cache, full attention mask, shifted positions.
+def prefix_inputs(prefix: PrefixBatch, input_ids: Tensor, attention_mask: Tensor | None = None, *,
+                  dtype: torch.dtype | None = None, cache=None) -> dict:
+    """Model kwargs that run `input_ids` (B, T) after the prefix(es): the cache (`build_cache`), the attention
+    mask (B, P + T) with padded prefix slots masked, and position ids (B, T).
 
-    Works with right or left padding: position i of a row is P + (number of real tokens before it).
+    Position of a token of row i = P_i + number of real tokens before it, so right and left padding both work.
+    dtype: of the prefix keys/values in the cache (default: the prefix's own).
     """
     B, T = input_ids.shape
-    P = prefix.shape[-2]
+    device = input_ids.device
     if attention_mask is None:
-        attention_mask = torch.ones(B, T, dtype=torch.long, device=input_ids.device)
-    ones = torch.ones(B, P, dtype=attention_mask.dtype, device=attention_mask.device)
-    position_ids = (attention_mask.long().cumsum(-1) - 1).clamp(min=0) + P  # (B, T)
-    return dict(input_ids=input_ids, attention_mask=torch.cat([ones, attention_mask], dim=1),
-                position_ids=position_ids, cache=build_cache(prefix, B, dtype))
+        attention_mask = torch.ones(B, T, dtype=torch.long, device=device)
+    lengths = torch.tensor(prefix_lengths(prefix, B), dtype=torch.long, device=device)  # (B,)
+    P = int(lengths.max()) if B else 0
+    prefix_mask = torch.arange(P, device=device) >= P - lengths[:, None]  # (B, P): the last P_i slots
+    position_ids = (attention_mask.long().cumsum(-1) - 1).clamp(min=0) + lengths[:, None]  # (B, T)
+    return dict(input_ids=input_ids, attention_mask=torch.cat([prefix_mask.to(attention_mask.dtype), attention_mask], 1),
+                position_ids=position_ids, cache=build_cache(prefix, B, dtype, device=device, cache=cache))
 
 
 def save_prefix(prefix: Tensor, path: str | Path, *, base_model: str, extra: dict | None = None) -> None:
     """Write `prefix.safetensors` atomically: one fp32 tensor `prefix` (L, 2, KV, P, D) + metadata."""
-    from safetensors.torch import save_file
-
-    from .checkpoint import atomic_path
-
     if prefix.dim() != 5:
         raise ValueError(f"expected (L, 2, KV, P, D), got {tuple(prefix.shape)}")
     meta = {"base_model": base_model, "format": "prefix-tuning/v1", "shape": "L,2,KV,P,D"}
@@ -162,8 +192,6 @@ def save_prefix(prefix: Tensor, path: str | Path, *, base_model: str, extra: dic
 
 def load_prefix(path: str | Path) -> tuple[Tensor, dict]:
     """Read a `prefix.safetensors`; returns (prefix (L, 2, KV, P, D) fp32, metadata)."""
-    from safetensors import safe_open
-
     with safe_open(str(path), framework="pt") as f:
         meta = f.metadata() or {}
         if "prefix" not in f.keys():
