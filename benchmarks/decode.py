@@ -44,6 +44,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "src"))
 
 from prefix_tuning.beam import SearchSettings, decode_ids  # noqa: E402
+from prefix_tuning.config import DecodeConfig  # noqa: E402
 from prefix_tuning.data import encode_prompt, group_by_mr, load_e2e  # noqa: E402
 from prefix_tuning.decode import newline_token_ids  # noqa: E402
 
@@ -118,8 +119,8 @@ def main(argv: list[str] | None = None) -> int:
     eos = tok.eos_token_id
     tables = [g.table for g in group_by_mr(load_e2e("test", data_dir=args.data_dir))[:args.n]]
     prompts = [encode_prompt(tok, t) for t in tables]
-    s = SearchSettings(beam_size=args.beam_size, max_new_tokens=args.max_new_tokens, min_new_tokens=5,
-                       length_penalty=1.0, banned_ids=newline_token_ids(tok), eos_id=eos, early_stopping=False)
+    s = SearchSettings.from_config(DecodeConfig(beam_size=args.beam_size, max_new_tokens=args.max_new_tokens),
+                                   eos_id=eos, banned_ids=newline_token_ids(tok))
     B, K = len(prompts), args.beam_size
     methods = args.methods.split(",")
     print(f"# {platform.processor() or platform.machine()}, torch {torch.__version__}, {args.threads} thread(s); "

@@ -12,6 +12,7 @@ the prefix, at positions P..P+T-1. They share no code with `prefix_tuning.beam`.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 
 import pytest
@@ -151,10 +152,9 @@ def ref_beam(model, prompt, prefix, s: SearchSettings) -> list[int]:
     return finished[0][1]
 
 
-def settings(**kw) -> SearchSettings:
-    base = dict(beam_size=3, max_new_tokens=20, min_new_tokens=2, banned_ids=(198, 628), eos_id=EOS)
-    base.update(kw)
-    return SearchSettings(**base)
+def settings(banned_ids=(198, 628), **kw) -> SearchSettings:
+    cfg = dataclasses.replace(DecodeConfig(beam_size=3, max_new_tokens=20, min_new_tokens=2), **kw)
+    return SearchSettings.from_config(cfg, eos_id=EOS, banned_ids=banned_ids)
 
 
 def prompts_of(tok, tables):
@@ -294,8 +294,10 @@ def test_newlines_banned_and_text(tok):
     assert all(len(f"x{tok.decode([i])}x".splitlines()) > 1 for i in ids)  # each holds a line break
     s = search_settings(DecodeConfig(), tok)
     assert (s.beam_size, s.max_new_tokens, s.min_new_tokens, s.length_penalty) == (5, 100, 5, 1.0)
-    assert set(ids) <= set(s.banned_ids) and s.eos_id == EOS
+    assert set(ids) <= set(s.banned_ids) and s.eos_id == EOS and s.early_stopping is False
     assert search_settings(DecodeConfig(ban_newlines=False), tok).banned_ids == ()
+    with pytest.raises(ValueError, match="early_stopping"):
+        search_settings(DecodeConfig(early_stopping="sometimes"), tok)
 
 
 def test_bf16_and_errors(tok, tables):

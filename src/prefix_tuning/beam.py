@@ -48,6 +48,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor, nn
 
+from .config import DecodeConfig
 from .hardware import dtype_of
 from .kvcache import new_cache
 from .models import KVShape
@@ -56,16 +57,34 @@ from .prefix import check_fits, prefix_inputs, prefix_lengths
 NEG = -1.0e9  # HF's "impossible" score offset; kept so that ties and orderings match its beam search
 
 
+EARLY_STOPPING = (False, True, "never")
+
+
 @dataclass(frozen=True)
 class SearchSettings:
-    beam_size: int = 5
-    max_new_tokens: int = 100
-    min_new_tokens: int = 5
-    length_penalty: float = 1.0
-    no_repeat_ngram_size: int = 0
-    banned_ids: tuple[int, ...] = ()
-    eos_id: int = 50256
-    early_stopping: bool | str = False
+    """A `DecodeConfig` resolved against a tokenizer, in token ids: what `search` needs. Made by
+    `SearchSettings.from_config` (`decode.search_settings` takes EOS and the newline ids from the tokenizer)."""
+
+    beam_size: int
+    max_new_tokens: int
+    min_new_tokens: int
+    length_penalty: float
+    no_repeat_ngram_size: int
+    early_stopping: bool | str
+    eos_id: int
+    banned_ids: tuple[int, ...]  # sorted, never EOS
+
+    @classmethod
+    def from_config(cls, cfg: DecodeConfig, *, eos_id: int, banned_ids: Sequence[int] = ()) -> SearchSettings:
+        if cfg.early_stopping not in EARLY_STOPPING or not isinstance(cfg.early_stopping, (bool, str)):
+            raise ValueError(f"early_stopping must be False, True or 'never', got {cfg.early_stopping!r}")
+        if cfg.beam_size < 1 or cfg.max_new_tokens < 1 or cfg.min_new_tokens > cfg.max_new_tokens:
+            raise ValueError(f"impossible decoding settings: beam_size={cfg.beam_size}, max_new_tokens="
+                             f"{cfg.max_new_tokens}, min_new_tokens={cfg.min_new_tokens}")
+        return cls(beam_size=cfg.beam_size, max_new_tokens=cfg.max_new_tokens, min_new_tokens=cfg.min_new_tokens,
+                   length_penalty=cfg.length_penalty, no_repeat_ngram_size=cfg.no_repeat_ngram_size,
+                   early_stopping=cfg.early_stopping, eos_id=eos_id,
+                   banned_ids=tuple(sorted(set(banned_ids) - {eos_id})))
 
 
 def left_pad(prompts: list[list[int]], pad_id: int, device: torch.device) -> tuple[Tensor, Tensor]:
@@ -88,15 +107,15 @@ def _banned_ngram_tokens(seq: list[int], n: int) -> list[int]:
     return [seq[i + n - 1] for i in range(len(seq) - n + 1) if tuple(seq[i:i + n - 1]) == ctx]
 
 
-def _process(logp: Tensor, gen: Tensor, n: int, s: SearchSettings, banned: Tensor | None) -> Tensor:
+def _process(logp: Tensor, gen: Tensor, n: int, settings: SearchSettings, banned: Tensor | None) -> Tensor:
     """Bans on log-probabilities (B, V) of the next token; gen (B, n) = tokens generated so far."""
     if banned is not None:
         logp[:, banned] = float("-inf")
-    if n < s.min_new_tokens:
-        logp[:, s.eos_id] = float("-inf")
-    if s.no_repeat_ngram_size > 0 and n > 0:
+    if n < settings.min_new_tokens:
+        logp[:, settings.eos_id] = float("-inf")
+    if settings.no_repeat_ngram_size > 0 and n > 0:
         for b, seq in enumerate(gen.tolist()):
-            toks = _banned_ngram_tokens(seq, s.no_repeat_ngram_size)
+            toks = _banned_ngram_tokens(seq, settings.no_repeat_ngram_size)
             if toks:
                 logp[b, toks] = float("-inf")
     return logp
@@ -115,7 +134,7 @@ def _forward(model, input_ids, attention_mask, position_ids, cache) -> Tensor:
     return out.logits[:, -1, :]
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _class_takes_logits_to_keep(cls: type) -> bool:
     return "logits_to_keep" in inspect.signature(cls.forward).parameters
 
@@ -126,7 +145,7 @@ def _takes_logits_to_keep(model) -> bool:
 
 @torch.inference_mode()
 def search(model: nn.Module, prompts: list[list[int]], prefixes: list[Tensor | None] | None,
-           s: SearchSettings, *, pad_id: int, dtype: torch.dtype | None = None,
+           settings: SearchSettings, *, pad_id: int, dtype: torch.dtype | None = None,
            algorithm: str = "auto") -> list[list[int]]:
     """Generate for one batch; returns the new tokens of each row, without the final EOS.
 
@@ -145,31 +164,32 @@ def search(model: nn.Module, prompts: list[list[int]], prefixes: list[Tensor | N
     if len(prefixes) != len(prompts):
         raise ValueError(f"{len(prompts)} prompts but {len(prefixes)} prefixes")
     ids, mask = left_pad(prompts, pad_id, device)  # (B, T) each
-    capacity = max(prefix_lengths(prefixes, len(prompts))) + ids.shape[1] + s.max_new_tokens  # cache at the end
+    # the cache's length after the last step
+    capacity = max(prefix_lengths(prefixes, len(prompts))) + ids.shape[1] + settings.max_new_tokens
     kw = prefix_inputs(prefixes, ids, mask, dtype=dtype, cache=new_cache(model, capacity))
     next_pos = kw["position_ids"][:, -1] + 1  # (B,) position of each row's first new token
     cache = kw["cache"]
     logits = _forward(model, kw["input_ids"], kw["attention_mask"], kw["position_ids"], cache)
-    banned = torch.tensor(sorted(set(s.banned_ids)), dtype=torch.long, device=device) if s.banned_ids else None
+    banned = torch.tensor(settings.banned_ids, dtype=torch.long, device=device) if settings.banned_ids else None
     if algorithm not in ("auto", "greedy", "beam"):
         raise ValueError(f"algorithm must be auto, greedy or beam, got {algorithm!r}")
-    greedy = algorithm == "greedy" or (algorithm == "auto" and s.beam_size == 1)
+    greedy = algorithm == "greedy" or (algorithm == "auto" and settings.beam_size == 1)
     run = _greedy if greedy else _beam
-    return run(model, logits, cache, kw["attention_mask"], next_pos, s, banned)
+    return run(model, logits, cache, kw["attention_mask"], next_pos, settings, banned)
 
 
-def _greedy(model, logits, cache, mask, pos, s: SearchSettings, banned) -> list[list[int]]:
+def _greedy(model, logits, cache, mask, pos, settings: SearchSettings, banned) -> list[list[int]]:
     B = logits.shape[0]
     device = logits.device
     rows = torch.arange(B, device=device)  # original row of each active row
     out: list[list[int]] = [[] for _ in range(B)]
     gen = torch.zeros(B, 0, dtype=torch.long, device=device)
-    for n in range(s.max_new_tokens):
-        logp = _process(torch.log_softmax(logits.float(), dim=-1), gen, n, s, banned)
+    for n in range(settings.max_new_tokens):
+        logp = _process(torch.log_softmax(logits.float(), dim=-1), gen, n, settings, banned)
         tok = logp.argmax(dim=-1)  # (Ba,)
         gen = torch.cat([gen, tok[:, None]], dim=1)
-        last = n + 1 == s.max_new_tokens
-        keep = tok != s.eos_id
+        last = n + 1 == settings.max_new_tokens
+        keep = tok != settings.eos_id
         for r in (~keep).nonzero().flatten().tolist():  # ended by EOS (dropped from the output)
             out[int(rows[r])] = gen[r, :-1].tolist()
         if last:
@@ -188,24 +208,24 @@ def _greedy(model, logits, cache, mask, pos, s: SearchSettings, banned) -> list[
     return out
 
 
-def _beam(model, logits, cache, mask, pos, s: SearchSettings, banned) -> list[list[int]]:
-    K = s.beam_size
+def _beam(model, logits, cache, mask, pos, settings: SearchSettings, banned) -> list[list[int]]:
+    K = settings.beam_size
     B, V = logits.shape
     device = logits.device
     rows = list(range(B))  # original row of each active row
     pools: list[list[tuple[float, list[int]]]] = [[] for _ in range(B)]  # best K finished, best first
     gen = torch.zeros(B, 0, dtype=torch.long, device=device)  # (Ba * Kc, n) generated tokens per beam
     scores = torch.zeros(B, 1, device=device)  # (Ba, Kc) summed log-probs; Kc = 1 before the first step
-    for n in range(s.max_new_tokens):
+    for n in range(settings.max_new_tokens):
         Ba, Kc = scores.shape
-        logp = _process(torch.log_softmax(logits.float(), dim=-1), gen, n, s, banned)
+        logp = _process(torch.log_softmax(logits.float(), dim=-1), gen, n, settings, banned)
         cand = (logp + scores.view(-1, 1)).view(Ba, Kc * V)
         top_s, top_i = cand.topk(min(2 * K, Kc * V), dim=-1)  # (Ba, 2K), best first
         src, tok = top_i // V, top_i % V
-        last = n + 1 == s.max_new_tokens
-        ends = (tok == s.eos_id) | last
+        last = n + 1 == settings.max_new_tokens
+        ends = (tok == settings.eos_id) | last
         # finished hypotheses: only among the first K candidates (HF's top_num_beam_mask)
-        norm = (top_s / ((n + 1) ** s.length_penalty)).tolist()
+        norm = (top_s / ((n + 1) ** settings.length_penalty)).tolist()
         ends_l, src_l, tok_l = ends.tolist(), src.tolist(), tok.tolist()
         gen_l = None
         for r in range(Ba):
@@ -213,7 +233,7 @@ def _beam(model, logits, cache, mask, pos, s: SearchSettings, banned) -> list[li
                 if ends_l[r][j]:
                     if gen_l is None:
                         gen_l = gen.tolist()
-                    seq = gen_l[r * Kc + src_l[r][j]] + ([] if tok_l[r][j] == s.eos_id else [tok_l[r][j]])
+                    seq = gen_l[r * Kc + src_l[r][j]] + ([] if tok_l[r][j] == settings.eos_id else [tok_l[r][j]])
                     pools[rows[r]].append((norm[r][j], seq))
             if any(ends_l[r][:K]):
                 pools[rows[r]].sort(key=lambda h: -h[0])
@@ -225,13 +245,14 @@ def _beam(model, logits, cache, mask, pos, s: SearchSettings, banned) -> list[li
         run_src = src.gather(1, run_j)
         run_tok = tok.gather(1, run_j)
         # is the search over for a row?
-        length = s.max_new_tokens if (s.early_stopping == "never" and s.length_penalty > 0) else n + 1
-        best_run = (run_s[:, 0] / (length ** s.length_penalty)).tolist()
+        exhaustive = settings.early_stopping == "never" and settings.length_penalty > 0
+        length = settings.max_new_tokens if exhaustive else n + 1
+        best_run = (run_s[:, 0] / (length ** settings.length_penalty)).tolist()
         keep = []
         for r in range(Ba):
             pool = pools[rows[r]]
             full = len(pool) == K
-            done = full and (s.early_stopping is True or not best_run[r] > pool[-1][0])
+            done = full and (settings.early_stopping is True or not best_run[r] > pool[-1][0])
             if not done:
                 keep.append(r)
         if not keep:

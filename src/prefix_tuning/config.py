@@ -14,6 +14,7 @@ import os
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any, get_type_hints
+from typing import Literal
 
 import yaml
 
@@ -143,6 +144,8 @@ class DecodeConfig:
     bf16 outputs can depend on which rows share a batch; fp32 outputs do not."""
     num_threads: int | None = None
     """torch CPU threads for decoding; None = the cores available to this process."""
+    early_stopping: bool | Literal["never"] = False
+    """HF beam stopping rule: False = stop a row when no running beam can beat its K finished ones (HF's default, the original's), True = stop once K hypotheses finished, "never" = exhaustive bound."""
 
 
 @dataclass

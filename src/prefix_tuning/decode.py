@@ -46,8 +46,6 @@ from .beam import SearchSettings, check_prefixes, decode_ids, row_prefixes
 from .config import DecodeConfig
 from .hardware import PRECISIONS, dtype_of, resolve_precision, set_threads
 
-EARLY_STOPPING = (False, True, "never")
-
 _newline_cache: dict = {}
 
 
@@ -71,21 +69,10 @@ def eos_id_of(tokenizer) -> int:
     return int(tokenizer.eos_token_id)
 
 
-def search_settings(cfg: DecodeConfig, tokenizer, *, early_stopping: bool | str = False,
-                    banned_ids: Sequence[int] = ()) -> SearchSettings:
+def search_settings(cfg: DecodeConfig, tokenizer, *, banned_ids: Sequence[int] = ()) -> SearchSettings:
     """SearchSettings for a DecodeConfig (and extra banned ids) with this tokenizer's EOS and newlines."""
-    if early_stopping not in EARLY_STOPPING:
-        raise ValueError(f"early_stopping must be False, True or 'never', got {early_stopping!r}")
-    if cfg.beam_size < 1 or cfg.max_new_tokens < 1 or cfg.min_new_tokens > cfg.max_new_tokens:
-        raise ValueError(f"impossible decoding settings: beam_size={cfg.beam_size}, max_new_tokens="
-                         f"{cfg.max_new_tokens}, min_new_tokens={cfg.min_new_tokens}")
-    eos = eos_id_of(tokenizer)
-    banned = set(banned_ids) | (set(newline_token_ids(tokenizer)) if cfg.ban_newlines else set())
-    banned.discard(eos)
-    return SearchSettings(beam_size=cfg.beam_size, max_new_tokens=cfg.max_new_tokens,
-                          min_new_tokens=cfg.min_new_tokens, length_penalty=cfg.length_penalty,
-                          no_repeat_ngram_size=cfg.no_repeat_ngram_size, banned_ids=tuple(sorted(banned)),
-                          eos_id=eos, early_stopping=early_stopping)
+    newlines = newline_token_ids(tokenizer) if cfg.ban_newlines else ()
+    return SearchSettings.from_config(cfg, eos_id=eos_id_of(tokenizer), banned_ids=(*banned_ids, *newlines))
 
 
 def ids_to_text(tokenizer, ids: Sequence[int]) -> str:
@@ -96,7 +83,7 @@ def ids_to_text(tokenizer, ids: Sequence[int]) -> str:
 
 def decode(model: nn.Module, tokenizer, tables: Sequence[str], prefix: Tensor | Sequence[Tensor] | None = None,
            cfg: DecodeConfig | None = None, *, prefix_index: Sequence[int] | None = None, progress: bool = False,
-           early_stopping: bool | str = False, banned_ids: Sequence[int] = ()) -> list[str]:
+           banned_ids: Sequence[int] = ()) -> list[str]:
     """One generated text per linearised table (see the module docstring for prefix forms and defaults).
 
     The prompt of a table is `prefix_tuning.data.encode_prompt` (the training sequence up to and including
@@ -107,7 +94,7 @@ def decode(model: nn.Module, tokenizer, tables: Sequence[str], prefix: Tensor | 
     cfg = cfg or DecodeConfig()
     prefixes = row_prefixes(prefix, prefix_index, len(tables))
     check_prefixes(model, prefixes)
-    settings = search_settings(cfg, tokenizer, early_stopping=early_stopping, banned_ids=banned_ids)
+    settings = search_settings(cfg, tokenizer, banned_ids=banned_ids)
     prompts = [encode_prompt(tokenizer, t) for t in tables]
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else settings.eos_id
     precision = resolve_precision(cfg.precision, next(model.parameters()).device)
@@ -125,7 +112,6 @@ class GenerateJob:
     run_dir: Path
     cfg: object  # RunConfig
     decode_cfg: DecodeConfig
-    early_stopping: bool | str
     tables: list[str]
     refs: list[tuple[str, ...]] | None
     outputs: Path
@@ -201,14 +187,13 @@ def _score(refs: list[tuple[str, ...]], hyps: list[str], metrics: Sequence[str] 
     return res
 
 
-def _decode_cfg(run_cfg, overrides: dict) -> tuple[DecodeConfig, bool | str]:
+def _decode_cfg(run_cfg, overrides: dict) -> DecodeConfig:
     overrides = {k: v for k, v in overrides.items() if v is not None}
-    early = overrides.pop("early_stopping", False)
     valid = {f.name for f in dataclasses.fields(DecodeConfig)}
     unknown = sorted(set(overrides) - valid)
     if unknown:
-        raise ValueError(f"unknown decoding option(s) {unknown}; valid: {sorted(valid | {'early_stopping'})}")
-    return dataclasses.replace(run_cfg.decode, **overrides), early
+        raise ValueError(f"unknown decoding option(s) {unknown}; valid: {sorted(valid)}")
+    return dataclasses.replace(run_cfg.decode, **overrides)
 
 
 def _load_group(jobs: list[GenerateJob], device):
@@ -232,7 +217,7 @@ def generate_runs(run_dirs: Sequence[str | Path], split: str = "test", *, out: s
                   **overrides) -> list[Path]:
     """Decode several run dirs; prefix runs over the same base model (and decoding settings) share batches.
 
-    overrides: DecodeConfig fields (beam_size=..., precision=...) and early_stopping, applied over each
+    overrides: DecodeConfig fields (beam_size=..., precision=..., early_stopping=...), applied over each
     run's config.yaml (None values are ignored). scores: write scores-*.json when the MRs have references
     (metrics: a subset of BLEU, NIST, METEOR, ROUGE_L, CIDEr; default all). Returns the outputs file of each
     run (in the order given)."""
@@ -250,13 +235,13 @@ def generate_runs(run_dirs: Sequence[str | Path], split: str = "test", *, out: s
         if not (rd / "config.yaml").is_file():
             raise FileNotFoundError(f"{rd}: not a run dir (no config.yaml)")
         cfg = load_config(rd / "config.yaml")
-        dcfg, early = _decode_cfg(cfg, overrides)
+        dcfg = _decode_cfg(cfg, overrides)
         tables, refs = load_tables(split, cfg, limit=limit, mrs=mrs)
-        job = GenerateJob(rd, cfg, dcfg, early, tables, refs, *output_paths(rd, name, out), split=name)
+        job = GenerateJob(rd, cfg, dcfg, tables, refs, *output_paths(rd, name, out), split=name)
         jobs.append(job)
         shared = cfg.method.name == "prefix"
         key = ("prefix", cfg.model.name, cfg.model.revision) if shared else ("model", str(rd.resolve()))
-        key += (tuple(sorted(dataclasses.asdict(dcfg).items())), str(early))
+        key += tuple(sorted(dataclasses.asdict(dcfg).items()))
         groups.setdefault(key, []).append(job)
     for group in groups.values():
         model, tokenizer, prefixes = _load_group(group, dev)
@@ -270,8 +255,7 @@ def generate_runs(run_dirs: Sequence[str | Path], split: str = "test", *, out: s
         index = [k for k, job in enumerate(group) for _ in job.tables]
         t0 = time.time()
         texts = decode(model, tokenizer, tables, prefixes if prefixes[0] is not None else None, d,
-                       prefix_index=index if prefixes[0] is not None else None, progress=progress,
-                       early_stopping=group[0].early_stopping)
+                       prefix_index=index if prefixes[0] is not None else None, progress=progress)
         seconds = time.time() - t0
         at = 0
         for job in group:
@@ -282,7 +266,7 @@ def generate_runs(run_dirs: Sequence[str | Path], split: str = "test", *, out: s
                 res = _score(job.refs, hyps, metrics) if scores else None
                 if res is not None:
                     res.update(split=job.split, n_mrs=len(hyps), decode=dataclasses.asdict(d), threads=threads,
-                               early_stopping=job.early_stopping, decode_seconds=round(seconds, 2),
+                               decode_seconds=round(seconds, 2),
                                decoded_with=[str(j.run_dir) for j in group])
                     _write_text(job.scores_path, json.dumps(res, indent=2) + "\n")
         del model

@@ -176,8 +176,9 @@ def prefix_inputs(prefix: PrefixBatch, input_ids: Tensor, attention_mask: Tensor
     P = int(lengths.max()) if B else 0
     prefix_mask = torch.arange(P, device=device) >= P - lengths[:, None]  # (B, P): the last P_i slots
     position_ids = (attention_mask.long().cumsum(-1) - 1).clamp(min=0) + lengths[:, None]  # (B, T)
-    return dict(input_ids=input_ids, attention_mask=torch.cat([prefix_mask.to(attention_mask.dtype), attention_mask], 1),
-                position_ids=position_ids, cache=build_cache(prefix, B, dtype, device=device, cache=cache))
+    attention_mask = torch.cat([prefix_mask.to(attention_mask.dtype), attention_mask], 1)  # (B, P + T)
+    return {"input_ids": input_ids, "attention_mask": attention_mask, "position_ids": position_ids,
+            "cache": build_cache(prefix, B, dtype, device=device, cache=cache)}
 
 
 def save_prefix(prefix: Tensor, path: str | Path, *, base_model: str, extra: dict | None = None) -> None:
