@@ -20,9 +20,11 @@ import torch
 from torch import nn
 
 from prefix_tuning.beam import SearchSettings, left_pad, search
+from prefix_tuning.cli import main
 from prefix_tuning.config import DecodeConfig, MethodConfig, ModelConfig, RunConfig, save_config
 from prefix_tuning.data import encode_prompt, group_by_mr, load_e2e
-from prefix_tuning.decode import decode, generate_run, main, newline_token_ids, search_settings
+from prefix_tuning.decode import decode, newline_token_ids, search_settings
+from prefix_tuning.generate import generate_run
 from prefix_tuning.models import KVShape, build_tiny, load_tokenizer
 from prefix_tuning.prefix import build_cache, prefix_inputs, save_prefix
 
@@ -338,7 +340,7 @@ def test_generate_run_end_to_end(tmp_path, groups, tok):
     from prefix_tuning.metrics import score
 
     rd = make_run(tmp_path / "p5", prefix_seed=1)
-    out = generate_run(rd, "test", limit=4, metrics=["BLEU", "NIST"])
+    out = generate_run(rd, "test", limit=4, metrics=["BLEU", "NIST"]).outputs
     assert out == rd / "outputs-test.txt"
     hyps = out.read_text().split("\n")
     assert hyps[-1] == "" and len(hyps) == 5  # 4 lines, each ending in a newline

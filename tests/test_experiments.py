@@ -59,7 +59,7 @@ def test_rerun_skips_finished_runs(quick_demo, monkeypatch):
     def boom(*a, **k):
         raise AssertionError("a finished run was trained again")
 
-    monkeypatch.setattr("prefix_tuning.train.train", boom)
+    monkeypatch.setattr(experiments, "train", boom)
     args = lambda out: ["reproduce", "demo", "--quick", "--out", str(out), "--runs-dir", str(quick_demo / "runs")]
     assert main(args(quick_demo / "results")) == 0
     # runs finished for one results folder are reused, outputs included, by another (e.g. merging seeds run apart)
@@ -72,9 +72,7 @@ def test_rerun_skips_finished_runs(quick_demo, monkeypatch):
 
 def test_resumed_experiment_equals_uninterrupted(quick_demo, tmp_path, monkeypatch):
     """Kill the experiment in the middle of the second run's training, re-run: same results as uninterrupted."""
-    import prefix_tuning.train as tr
-
-    real = tr.train
+    real = experiments.train
     calls = {"n": 0}
 
     def dying(cfg, **kw):
@@ -85,11 +83,11 @@ def test_resumed_experiment_equals_uninterrupted(quick_demo, tmp_path, monkeypat
         return real(cfg, **kw)
 
     args = ["reproduce", "demo", "--quick", "--out", str(tmp_path / "results"), "--runs-dir", str(tmp_path / "runs")]
-    monkeypatch.setattr(tr, "train", dying)
+    monkeypatch.setattr(experiments, "train", dying)
     assert main(args) == 130  # interrupted
     partial = json.loads((tmp_path / "results" / "results.json").read_text())
     assert [r["name"] for r in partial["runs"]] == ["prefix-n16-s0"]  # the finished run was recorded
-    monkeypatch.setattr(tr, "train", real)
+    monkeypatch.setattr(experiments, "train", real)
     assert main(args) == 0
     resumed = json.loads((tmp_path / "results" / "results.json").read_text())
     uninterrupted = json.loads((quick_demo / "results" / "results.json").read_text())

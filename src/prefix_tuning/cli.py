@@ -3,9 +3,27 @@
 from __future__ import annotations
 
 import argparse
+import ast
+import dataclasses
+import inspect
+import itertools
+import json
 import sys
+import textwrap
+import types
+import typing
+
+import yaml
 
 from . import __version__
+from .config import ConfigError, DecodeConfig, load_config, to_dict
+from .e2e import DataError
+from .experiments import add_reproduce_parser
+from .generate import generate_runs
+from .metrics import METRICS, EvalInputError
+from .metrics.cli import add_evaluate_parser
+from .models import ModelLoadError
+from .train import train
 
 TRAIN_HELP = """\
 Train a run described by a YAML config; every field can be overridden as key=value
@@ -20,13 +38,8 @@ runs), tiny_*.yaml (seconds on a CPU). Use --print-config to see every key with 
 
 
 def cmd_train(args: argparse.Namespace) -> int:
-    from .config import load_config, to_dict
-    from .train import train
-
     cfg = load_config(args.config, args.overrides)
     if args.print_config:
-        import yaml
-
         print(yaml.safe_dump(to_dict(cfg), sort_keys=False), end="")
         return 0
     res = train(cfg, resume=not args.no_resume)
@@ -34,6 +47,103 @@ def cmd_train(args: argparse.Namespace) -> int:
           f"  train time: {res.train_seconds:.1f} s ({res.seconds_per_epoch:.1f} s/epoch)\n"
           f"  trainable params: {res.trainable_params:,}  stored params: {res.stored_params:,}\n"
           f"  saved: {res.artifact}")
+    return 0
+
+
+# -------------------------------------------------------------------------------------------- generate
+
+GENERATE_HELP = """\
+Decode the unique MRs of an E2E split with trained run dirs and write, per run dir,
+RUN_DIR/outputs-SPLIT.txt (one line per unique MR, in order of first appearance),
+RUN_DIR/refs-SPLIT.txt (references grouped per MR: consecutive lines, a blank line between MRs, the
+official e2e-metrics format) and RUN_DIR/scores-SPLIT.json (BLEU, NIST, METEOR, ROUGE_L, CIDEr).
+Several prefix runs over the same base model decode together in mixed batches (each row with its own
+prefix, paper §4); fine-tuning runs (model.safetensors) decode with their own weights.
+
+Decoding options default to the run's config.yaml `decode:` section; the defaults of a new config (shown
+with each option) follow Li & Liang's E2E decoding (gpt2/run_generation.py of XiangLi1999/PrefixTuning),
+with Hugging Face generate's beam semantics."""
+
+
+def field_docs(cls: type) -> dict[str, str]:
+    """The docstring under each field of a config dataclass, read from its source (Python keeps none)."""
+    body = ast.parse(textwrap.dedent(inspect.getsource(cls))).body[0].body
+    return {node.target.id: " ".join(doc.value.value.split())
+            for node, doc in itertools.pairwise(body)
+            if isinstance(node, ast.AnnAssign) and isinstance(node.target, ast.Name)
+            and isinstance(doc, ast.Expr) and isinstance(doc.value, ast.Constant) and isinstance(doc.value.value, str)}
+
+
+def _yes_no_or(text: str) -> bool | str:
+    return {"false": False, "true": True}.get(text.lower(), text)
+
+
+def _option(hint) -> dict:
+    """argparse keywords for a config field of type T, T | None, bool, or bool | Literal[...]."""
+    args = typing.get_args(hint) if typing.get_origin(hint) in (typing.Union, types.UnionType) else (hint,)
+    args = [a for a in args if a is not type(None)]
+    literals = [v for a in args if typing.get_origin(a) is typing.Literal for v in typing.get_args(a)]
+    kinds = [a for a in args if typing.get_origin(a) is not typing.Literal]
+    if kinds == [bool] and not literals:
+        return {"action": argparse.BooleanOptionalAction}
+    if literals:
+        choices = ([False, True] if bool in kinds else []) + literals
+        return {"type": _yes_no_or, "choices": choices,
+                "metavar": "{" + ",".join(str(c).lower() if isinstance(c, bool) else c for c in choices) + "}"}
+    (kind,) = kinds
+    return {"type": kind, "metavar": kind.__name__.upper()}
+
+
+def add_config_options(group, cls: type, aliases: dict[str, list[str]]) -> None:
+    """One --option per field of a config dataclass, its help from the field's docstring and default (None when
+    not given, so that only what the user typed overrides the run's config)."""
+    hints, docs = typing.get_type_hints(cls), field_docs(cls)
+    for f in dataclasses.fields(cls):
+        default = "none" if f.default is None else str(f.default).lower() if isinstance(f.default, bool) else f.default
+        text = f"{docs.get(f.name, '')} (new config: {default})".replace("%", "%%")
+        group.add_argument("--" + f.name.replace("_", "-"), *aliases.get(f.name, []), dest=f.name, default=None,
+                           help=text, **_option(hints[f.name]))
+
+
+def add_generate_parser(subparsers) -> argparse.ArgumentParser:
+    p = subparsers.add_parser("generate", help="decode E2E MRs with trained runs; write outputs, refs, scores",
+                              description=GENERATE_HELP, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("run_dirs", nargs="+", metavar="RUN_DIR", help="run dir(s) holding config.yaml and "
+                   "prefix.safetensors or model.safetensors")
+    p.add_argument("--split", default="test", choices=("dev", "test", "train"),
+                   help="E2E split whose unique MRs are decoded (default: test, as in the paper's Table 1)")
+    p.add_argument("--mrs", metavar="FILE", help="decode the MRs of FILE instead (one `slot[value], ...` MR a "
+                   "line; no references, so no scores); outputs go to RUN_DIR/outputs-<FILE stem>.txt")
+    p.add_argument("--out", metavar="FILE", help="outputs file (default RUN_DIR/outputs-SPLIT.txt); refs and "
+                   "scores go beside it; with several run dirs it must contain {run}")
+    p.add_argument("--limit", type=int, metavar="N", help="decode only the first N unique MRs (default: all)")
+    p.add_argument("--device", default="auto", help="auto (cuda if available), cpu, cuda, cuda:1 (default auto)")
+    p.add_argument("--no-scores", action="store_true", help="write outputs and refs but do not score")
+    p.add_argument("--metrics", metavar="LIST", help="comma-separated subset of BLEU,NIST,METEOR,ROUGE_L,CIDEr "
+                   "(default: all five, as the official E2E scorer)")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    g = p.add_argument_group("decoding (default: the run's config.yaml decode section)")
+    g.add_argument("--greedy", action="store_const", const=1, dest="beam_size", help="greedy decoding: --beam-size 1")
+    add_config_options(g, DecodeConfig, {"num_threads": ["--threads"]})
+    p.set_defaults(func=cmd_generate)
+    return p
+
+
+def cmd_generate(args: argparse.Namespace) -> int:
+    overrides = {f.name: getattr(args, f.name) for f in dataclasses.fields(DecodeConfig)}
+    try:
+        files = generate_runs(args.run_dirs, args.split, out=args.out, limit=args.limit, mrs=args.mrs,
+                              device=args.device, progress=not args.quiet, scores=not args.no_scores,
+                              metrics=args.metrics.split(",") if args.metrics else None, **overrides)
+    except ValueError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    for f in files:
+        line = str(f.outputs)
+        if not args.no_scores and args.mrs is None:  # scores were written
+            res = json.loads(f.scores.read_text(encoding="utf-8"))
+            line += "  " + "  ".join(f"{k} {res[k]:.4f}" for k in METRICS if k in res)
+        print(line)
     return 0
 
 
@@ -53,10 +163,6 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--print-config", action="store_true", help="print the resolved config and exit")
     p.set_defaults(func=cmd_train)
 
-    from .decode import add_generate_parser
-    from .experiments import add_reproduce_parser
-    from .metrics.cli import add_evaluate_parser
-
     add_generate_parser(sub)
     add_evaluate_parser(sub)
     add_reproduce_parser(sub)
@@ -73,11 +179,6 @@ def main(argv: list[str] | None = None) -> int:
         parser.error(f"unrecognized arguments: {' '.join(extra)}")
     if getattr(args, "config", None) == "defaults":
         args.config = None
-    from .config import ConfigError
-    from .e2e import DataError
-    from .metrics import EvalInputError
-    from .models import ModelLoadError
-
     try:
         return int(args.func(args) or 0)
     except (ConfigError, DataError, EvalInputError, ModelLoadError, FileNotFoundError) as e:

@@ -21,8 +21,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from .config import RunConfig, apply_overrides, from_dict, to_dict
+from .generate import generate_run
 from .hardware import PRECISIONS, describe_cpu
 from .metrics import METRICS
+from .run import RunDir, read_result, write_json, write_result
+from .train import train
 
 # Paper numbers, GPT-2 Medium, E2E test: BLEU NIST METEOR ROUGE-L CIDEr (BLEU/METEOR/ROUGE-L in %).
 PAPER = {
@@ -125,20 +128,17 @@ def plan(experiment: str, *, model: str = "gpt2-medium", quick: bool = False, se
 
 def run_one(run: Run, test_limit: int | None, out_dir: Path, keep_checkpoints: bool = False) -> dict:
     """train -> generate -> evaluate for one run, skipping whatever already finished."""
-    from .decode import generate_run, output_paths
-    from .train import train
-
-    run_dir = Path(run.cfg.out_dir)
-    done = run_dir / "result.json"
-    if done.is_file():  # finished earlier, maybe for another results folder: reuse it, outputs included
-        _copy_outputs(run.name, output_paths(run_dir, "test")[0], out_dir)
-        return json.loads(done.read_text())
+    rd = RunDir(run.cfg.out_dir)
+    done = read_result(rd)
+    if done is not None:  # finished earlier, maybe for another results folder: reuse it, outputs included
+        _copy_outputs(run.name, rd.decoded("test").outputs, out_dir)
+        return done
     t0 = time.perf_counter()
     res = train(run.cfg)
     t1 = time.perf_counter()
-    outputs = generate_run(run_dir, split="test", limit=test_limit, device=run.cfg.train.device, progress=True)
+    files = generate_run(rd.path, split="test", limit=test_limit, device=run.cfg.train.device, progress=True)
     t2 = time.perf_counter()
-    scores = json.loads((run_dir / "scores-test.json").read_text())
+    scores = json.loads(files.scores.read_text(encoding="utf-8"))
     result = {"name": run.name, **run.group, "method_name": run.cfg.method.name,
               "metrics": {k: scores[k] for k in METRICS if k in scores}, "metrics_signature": scores.get("signature"),
               "train_seconds": res.train_seconds, "seconds_per_epoch": res.seconds_per_epoch, "steps": res.steps,
@@ -148,13 +148,10 @@ def run_one(run: Run, test_limit: int | None, out_dir: Path, keep_checkpoints: b
               "precision": {"train": res.precision, "decode": scores["decode"]["precision"]},
               "threads": res.threads, "device": run.cfg.train.device, "cpu": describe_cpu(),
               "config": _resolved_config(run.cfg, res.precision, scores["decode"]["precision"])}
-    _copy_outputs(run.name, Path(outputs), out_dir)
+    _copy_outputs(run.name, files.outputs, out_dir)
     if not keep_checkpoints:
-        (run_dir / "checkpoints" / "last.pt").unlink(missing_ok=True)
-    from .checkpoint import atomic_path
-
-    with atomic_path(done) as tmp:
-        tmp.write_text(json.dumps(result, indent=1))
+        rd.checkpoint.unlink(missing_ok=True)
+    write_result(rd, result)
     return result
 
 
@@ -183,10 +180,7 @@ def reproduce(p: Plan, out_dir: Path, *, keep_checkpoints: bool = False) -> list
 
 
 def write_results(experiment: str, results: list[dict], out_dir: Path) -> None:
-    from .checkpoint import atomic_path
-
-    with atomic_path(out_dir / "results.json") as tmp:
-        tmp.write_text(json.dumps({"experiment": experiment, "runs": results}, indent=1))
+    write_json(out_dir / "results.json", {"experiment": experiment, "runs": results}, indent=1)
 
 
 def report(out_dir: Path) -> str:

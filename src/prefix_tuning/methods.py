@@ -1,7 +1,7 @@
 """What trains and what is stored, per method. Plain functions, no class hierarchy.
 
 - `prefix`: the backbone is frozen; a `PrefixEncoder` trains; only the collapsed prefix is stored
-  (`prefix.safetensors`, paper §4.3).
+  (`prefix.safetensors`, paper §4.3; `run.save_artifact` writes what a method keeps).
 - `finetune`: every weight trains; the whole model is stored (`model.safetensors`).
 - `finetune-top`: only the top `top_k_layers` transformer blocks train (embeddings, lower blocks, final
   norm and LM head stay frozen); the paper's FT-top2 baseline (Table 1). Stored like `finetune`.
@@ -10,16 +10,13 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from pathlib import Path
 
 import torch
 from torch import Tensor, nn
 
-from .config import MethodConfig, RunConfig, load_config
-from .models import KVShape, load_model, load_tokenizer
-from .prefix import PREFIX_FILE, PrefixEncoder, activations_of, check_fits, load_prefix, prefix_inputs, save_prefix
-
-MODEL_FILE = "model.safetensors"
+from .config import MethodConfig, RunConfig
+from .models import KVShape
+from .prefix import PrefixEncoder, activations_of, prefix_inputs
 
 
 @dataclass
@@ -72,22 +69,6 @@ class Method:
             kw = prefix_inputs(prefix, input_ids, attention_mask, dtype=dtype)
         return self.model(**kw, logits_to_keep=logits_to_keep).logits
 
-    def save(self, run_dir: Path, cfg: RunConfig) -> Path:
-        """Store what the method keeps after training (atomically)."""
-        if self.encoder is not None:
-            path = run_dir / PREFIX_FILE
-            save_prefix(self.encoder.collapse(), path, base_model=cfg.model.name,
-                        extra={"method": cfg.method.name, "prefix_length": self.encoder.length})
-            return path
-        from safetensors.torch import save_model
-
-        from .checkpoint import atomic_path
-
-        path = run_dir / MODEL_FILE
-        with atomic_path(path) as tmp:
-            save_model(self.model, str(tmp), metadata={"base_model": cfg.model.name, "method": cfg.method.name})
-        return path
-
 
 def top_blocks(model: nn.Module, k: int) -> list[nn.Module]:
     """The last k transformer blocks of a HF causal LM (GPT-2 `transformer.h`, Llama `model.layers`, ...)."""
@@ -135,41 +116,3 @@ def stored_numel(cfg: RunConfig, model: nn.Module, prefix_length: int | None = N
     if cfg.method.name == "prefix":
         return KVShape.from_config(model.config).numel(prefix_length or cfg.method.prefix_length)
     return sum(p.numel() for p in {id(p): p for p in model.parameters()}.values())
-
-
-@dataclass
-class LoadedRun:
-    cfg: RunConfig
-    model: nn.Module
-    tokenizer: object
-    prefix: Tensor | None  # (L, 2, KV, P, D) for prefix runs
-
-
-def load_run(run_dir: str | Path, *, device: str | torch.device = "cpu") -> LoadedRun:
-    """Rebuild a trained run from its folder alone: config.yaml + prefix.safetensors (base model, no MLP)
-    or model.safetensors."""
-    run_dir = Path(run_dir)
-    cfg_path = run_dir / "config.yaml"
-    if not cfg_path.is_file():
-        raise FileNotFoundError(f"{run_dir}: not a run dir (no config.yaml); train one with `prefix-tuning train`")
-    cfg = load_config(cfg_path)
-    model = load_model(cfg.model.name, revision=cfg.model.revision)
-    tokenizer = load_tokenizer(cfg.model.name, cfg.data.dir)
-    prefix = None
-    if cfg.method.name == "prefix":
-        path = run_dir / PREFIX_FILE
-        if not path.is_file():
-            raise FileNotFoundError(f"{path} missing: training did not finish (resume with `prefix-tuning train "
-                                    f"{cfg_path}`)")
-        prefix, _ = load_prefix(path)
-        check_fits(prefix, KVShape.from_config(model.config), str(path))
-        prefix = prefix.to(device)
-    else:
-        from safetensors.torch import load_model as st_load
-
-        path = run_dir / MODEL_FILE
-        if not path.is_file():
-            raise FileNotFoundError(f"{path} missing: training did not finish")
-        st_load(model, str(path))
-    model.requires_grad_(False)
-    return LoadedRun(cfg, model.to(device).eval(), tokenizer, prefix)

@@ -30,8 +30,6 @@ from transformers import DynamicCache
 from .checkpoint import atomic_path
 from .models import KVShape
 
-PREFIX_FILE = "prefix.safetensors"
-
 
 class PrefixEncoder(nn.Module):
     """Produces the (L, 2, KV, P, D) prefix.

@@ -12,8 +12,8 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
-import sys
 import random
+import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -24,13 +24,10 @@ from tqdm.auto import tqdm
 
 from .checkpoint import atomic_torch_save
 from .config import RunConfig, save_config
-from .methods import MODEL_FILE, Method, build_method, stored_numel
 from .hardware import describe_cpu, dtype_of, resolve_precision, set_threads
+from .methods import Method, build_method, stored_numel
 from .models import load_model, load_tokenizer, resolve_device
-from .prefix import PREFIX_FILE
-
-CKPT = "checkpoints/last.pt"
-LOG = "log.jsonl"
+from .run import RunDir, save_artifact
 
 
 @dataclass
@@ -138,14 +135,14 @@ def train(cfg: RunConfig, *, resume: bool = True, max_steps_this_call: int | Non
     max_steps_this_call: stop (after checkpointing) once this many steps ran in this call; for tests of
     resume and for time-boxed jobs.
     """
-    run_dir = Path(cfg.out_dir)
-    run_dir.mkdir(parents=True, exist_ok=True)
+    run = RunDir(cfg.out_dir)
+    run.path.mkdir(parents=True, exist_ok=True)
     threads = set_threads(cfg.train.num_threads)
     device = resolve_device(cfg.train.device)
     precision = resolve_precision(cfg.train.precision, device)
     # config.yaml records what was used: `auto` resolved for this machine
     cfg = dataclasses.replace(cfg, train=dataclasses.replace(cfg.train, precision=precision))
-    save_config(cfg, run_dir / "config.yaml")
+    save_config(cfg, run.config)
     dtype = dtype_of(precision)
     print(f"[train] {cfg.method.name}: precision {precision}, {threads} threads, device {device}"
           + (f" ({describe_cpu()})" if device.type == "cpu" else ""), file=sys.stderr)
@@ -171,7 +168,7 @@ def train(cfg: RunConfig, *, resume: bool = True, max_steps_this_call: int | Non
     scaler = torch.amp.GradScaler(device.type, enabled=dtype == torch.float16 and device.type == "cuda")
 
     step, best, train_seconds = 0, None, 0.0
-    ckpt_path = run_dir / CKPT
+    ckpt_path = run.checkpoint
     if resume and ckpt_path.is_file():
         ck = torch.load(ckpt_path, map_location=device, weights_only=False)
         method.load_trainable_state(ck["trainable"])
@@ -179,8 +176,8 @@ def train(cfg: RunConfig, *, resume: bool = True, max_steps_this_call: int | Non
         sched.load_state_dict(ck["scheduler"])
         step, best, train_seconds = ck["step"], ck["best_dev_loss"], ck["train_seconds"]
         _set_rng_state(ck["rng"])
-    elif (run_dir / LOG).exists():
-        (run_dir / LOG).unlink()  # a fresh run: the old log would mix two runs
+    elif run.log.exists():
+        run.log.unlink()  # a fresh run: the old log would mix two runs
 
     def checkpoint() -> None:
         atomic_torch_save({"trainable": method.trainable_state(), "optimizer": opt.state_dict(),
@@ -196,12 +193,12 @@ def train(cfg: RunConfig, *, resume: bool = True, max_steps_this_call: int | Non
         log.flush()
         if best is None or loss < best:
             best = loss
-            method.save(run_dir, cfg)  # the best weights are the run's output
+            save_artifact(run, method, cfg)  # the best weights are the run's output
         method.train_mode(cfg.method.backbone_dropout)
 
     from .data import collate
 
-    log = open(run_dir / LOG, "a", encoding="utf-8")
+    log = open(run.log, "a", encoding="utf-8")
     log.write(json.dumps({"event": "start", "step": step, "precision": precision, "threads": threads,
                           "device": str(device), "cpu": describe_cpu() if device.type == "cpu" else None}) + "\n")
     bar = tqdm(total=total_steps, initial=step, desc=f"train {cfg.method.name}", unit="step", dynamic_ncols=True)
@@ -252,10 +249,10 @@ def train(cfg: RunConfig, *, resume: bool = True, max_steps_this_call: int | Non
         bar.close()
         log.close()
 
-    artifact = run_dir / (PREFIX_FILE if method.encoder is not None else MODEL_FILE)
+    artifact = run.artifact(cfg)
     if step >= total_steps and (best is None or not artifact.exists()):
-        method.save(run_dir, cfg)  # no dev set: the last weights are the output
+        save_artifact(run, method, cfg)  # no dev set: the last weights are the output
     epochs_done = step / steps_per_epoch
-    return TrainResult(run_dir, step, best, train_seconds, train_seconds / max(epochs_done, 1e-9),
+    return TrainResult(run.path, step, best, train_seconds, train_seconds / max(epochs_done, 1e-9),
                        stored_numel(cfg, model, method.encoder.length if method.encoder else None),
                        sum(p.numel() for p in params), artifact, precision, threads)

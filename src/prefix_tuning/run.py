@@ -1,0 +1,183 @@
+"""The run directory: every file a run writes or reads is named here, and loaded or saved here.
+
+    RUN_DIR/
+      config.yaml               the resolved config: enough to rebuild the model and decode (litgpt's habit)
+      log.jsonl                 training log (step, loss, lr, tokens/s; dev loss per epoch)
+      checkpoints/last.pt       resumable training state (written and read by `train`)
+      prefix.safetensors        the artifact of a prefix run: only the collapsed prefix (paper §4.3)
+      model.safetensors         ... or of a fine-tuning run: the whole model
+      outputs-NAME.txt          `generate` of split (or MR file) NAME: one output per unique MR,
+      refs-NAME.txt             the references grouped per MR (official e2e-metrics format),
+      scores-NAME.json          and the metrics
+      result.json               `reproduce`: the run's result
+
+Everything is written atomically (`checkpoint.atomic_path`): a kill never leaves half a file.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from safetensors.torch import load_model as load_safetensors
+from safetensors.torch import save_model as save_safetensors
+from torch import Tensor, nn
+
+from .checkpoint import atomic_path
+from .config import RunConfig, load_config
+from .methods import Method
+from .models import KVShape, load_model, load_tokenizer
+from .prefix import check_fits, load_prefix, save_prefix
+
+
+@dataclass(frozen=True)
+class DecodeFiles:
+    """Where one decode of a run goes."""
+
+    outputs: Path
+    refs: Path
+    scores: Path
+
+
+@dataclass(frozen=True)
+class RunDir:
+    """The paths of a run directory (see the module docstring)."""
+
+    path: Path
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "path", Path(self.path))
+
+    @property
+    def config(self) -> Path:
+        return self.path / "config.yaml"
+
+    @property
+    def log(self) -> Path:
+        return self.path / "log.jsonl"
+
+    @property
+    def checkpoint(self) -> Path:
+        return self.path / "checkpoints" / "last.pt"
+
+    @property
+    def prefix(self) -> Path:
+        return self.path / "prefix.safetensors"
+
+    @property
+    def model(self) -> Path:
+        return self.path / "model.safetensors"
+
+    def artifact(self, cfg: RunConfig) -> Path:
+        """What the run's method keeps after training: the prefix, or the whole model."""
+        return self.prefix if cfg.method.name == "prefix" else self.model
+
+    @property
+    def result(self) -> Path:
+        return self.path / "result.json"
+
+    def decoded(self, name: str, out: str | Path | None = None) -> DecodeFiles:
+        """`RUN_DIR/{outputs,refs}-NAME.txt` and `RUN_DIR/scores-NAME.json` by default; with `out` (`{run}`
+        replaced by the run dir's name) the outputs go there and the refs and scores beside them."""
+        if out is None:
+            return DecodeFiles(self.path / f"outputs-{name}.txt", self.path / f"refs-{name}.txt",
+                               self.path / f"scores-{name}.json")
+        out = Path(str(out).replace("{run}", self.path.name))
+        if "outputs" in out.stem:
+            return DecodeFiles(out, out.with_name(out.name.replace("outputs", "refs", 1)),
+                               out.with_name(out.stem.replace("outputs", "scores", 1) + ".json"))
+        return DecodeFiles(out, out.with_name(out.stem + ".refs.txt"), out.with_name(out.stem + ".scores.json"))
+
+
+# ------------------------------------------------------------------------------------------ reading
+
+def read_config(run: RunDir) -> RunConfig:
+    if not run.config.is_file():
+        raise FileNotFoundError(f"{run.path}: not a run dir (no config.yaml); train one with `prefix-tuning train`")
+    return load_config(run.config)
+
+
+def read_prefix(run: RunDir, shape: KVShape, device: str | torch.device = "cpu") -> Tensor:
+    """The run's prefix (L, 2, KV, P, D), checked against the model it is going to run with."""
+    if not run.prefix.is_file():
+        raise FileNotFoundError(f"{run.prefix} missing: training did not finish (resume with `prefix-tuning train "
+                                f"{run.config}`)")
+    prefix, _ = load_prefix(run.prefix)
+    check_fits(prefix, shape, str(run.prefix))
+    return prefix.to(device)
+
+
+@dataclass
+class LoadedRun:
+    cfg: RunConfig
+    model: nn.Module
+    tokenizer: object
+    prefix: Tensor | None  # (L, 2, KV, P, D) for prefix runs
+
+
+def load_run(run_dir: str | Path, *, device: str | torch.device = "cpu") -> LoadedRun:
+    """Rebuild a trained run from its folder alone: config.yaml + prefix.safetensors (base model, no MLP)
+    or model.safetensors."""
+    run = RunDir(run_dir)
+    cfg = read_config(run)
+    model = load_model(cfg.model.name, revision=cfg.model.revision)
+    tokenizer = load_tokenizer(cfg.model.name, cfg.data.dir)
+    prefix = None
+    if run.artifact(cfg) == run.prefix:
+        prefix = read_prefix(run, KVShape.from_config(model.config), device)
+    else:
+        if not run.model.is_file():
+            raise FileNotFoundError(f"{run.model} missing: training did not finish")
+        load_safetensors(model, str(run.model))
+    model.requires_grad_(False)
+    return LoadedRun(cfg, model.to(device).eval(), tokenizer, prefix)
+
+
+def read_result(run: RunDir) -> dict | None:
+    """result.json of a finished reproduce run, or None."""
+    return json.loads(run.result.read_text(encoding="utf-8")) if run.result.is_file() else None
+
+
+# ------------------------------------------------------------------------------------------ writing
+
+def write_text(path: Path, text: str) -> None:
+    with atomic_path(path) as tmp:
+        tmp.write_text(text, encoding="utf-8")
+
+
+def write_json(path: Path, obj: object, indent: int = 2) -> None:
+    write_text(path, json.dumps(obj, indent=indent) + "\n")
+
+
+def save_artifact(run: RunDir, method: Method, cfg: RunConfig) -> Path:
+    """Store what the method keeps after training: the collapsed prefix, or every weight of the model."""
+    path = run.artifact(cfg)
+    if method.encoder is not None:
+        save_prefix(method.encoder.collapse(), path, base_model=cfg.model.name,
+                    extra={"method": cfg.method.name, "prefix_length": method.encoder.length})
+    else:
+        with atomic_path(path) as tmp:
+            save_safetensors(method.model, str(tmp), metadata={"base_model": cfg.model.name, "method": cfg.method.name})
+    return path
+
+
+def refs_text(refs: Sequence[Sequence[str]]) -> str:
+    """The official grouped reference format: refs of one MR on consecutive lines, a blank line between MRs."""
+    return "\n\n".join("\n".join(r.replace("\n", " ") for r in group) for group in refs) + "\n"
+
+
+def write_decoded(files: DecodeFiles, hyps: Sequence[str], refs: Sequence[Sequence[str]] | None = None,
+                  scores: dict | None = None) -> None:
+    """One output per line; the grouped references and the scores when there are any."""
+    write_text(files.outputs, "".join(h + "\n" for h in hyps))
+    if refs is not None:
+        write_text(files.refs, refs_text(refs))
+    if scores is not None:
+        write_json(files.scores, scores)
+
+
+def write_result(run: RunDir, result: dict) -> None:
+    write_json(run.result, result, indent=1)
