@@ -70,6 +70,19 @@ def test_rerun_skips_finished_runs(quick_demo, monkeypatch):
     assert json.loads((other / "results.json").read_text()) == json.loads((quick_demo / "results" / "results.json").read_text())
 
 
+def test_reused_run_keeps_its_outputs_after_generate(quick_demo):
+    """A later `generate RUN_DIR` (here of fewer MRs) writes outputs-test.txt; a reproduce that reuses the run
+    still copies the outputs its result scored."""
+    run_dir = quick_demo / "runs" / "demo" / "prefix-n16-s0"
+    assert main(["generate", str(run_dir), "--limit", "3", "--quiet", "--no-scores"]) == 0
+    assert len((run_dir / "outputs-test.txt").read_text().splitlines()) == 3
+    again = quick_demo / "again"
+    assert main(["reproduce", "demo", "--quick", "--out", str(again), "--runs-dir", str(quick_demo / "runs")]) == 0
+    for name in ["prefix-n16-s0", "finetune-n16-s0"]:
+        assert (again / "outputs" / f"{name}.txt").read_text() == (quick_demo / "results" / "outputs" / f"{name}.txt").read_text()
+    assert len((again / "outputs" / "prefix-n16-s0.txt").read_text().splitlines()) == 8
+
+
 def test_resumed_experiment_equals_uninterrupted(quick_demo, tmp_path, monkeypatch):
     """Kill the experiment in the middle of the second run's training, re-run: same results as uninterrupted."""
     real = experiments.train

@@ -131,12 +131,16 @@ def run_one(run: Run, test_limit: int | None, out_dir: Path, keep_checkpoints: b
     rd = RunDir(run.cfg.out_dir)
     done = read_result(rd)
     if done is not None:  # finished earlier, maybe for another results folder: reuse it, outputs included
-        _copy_outputs(run.name, rd.decoded("test").outputs, out_dir)
+        outputs = rd.result_decoded.outputs
+        if not outputs.is_file():  # a run finished before results had their own outputs file
+            outputs = rd.decoded("test").outputs
+        _copy_outputs(run.name, outputs, out_dir)
         return done
     t0 = time.perf_counter()
     res = train(run.cfg)
     t1 = time.perf_counter()
-    files = generate_run(rd.path, split="test", limit=test_limit, device=run.cfg.train.device, progress=True)
+    files = generate_run(rd.path, "test", rd.result_decoded.outputs, limit=test_limit, device=run.cfg.train.device,
+                         progress=True)
     t2 = time.perf_counter()
     scores = json.loads(files.scores.read_text(encoding="utf-8"))
     result = {"name": run.name, **run.group, "method_name": run.cfg.method.name,

@@ -9,7 +9,8 @@
       outputs-NAME.txt          `generate` of split (or MR file) NAME: one output per unique MR,
       refs-NAME.txt             the references grouped per MR (official e2e-metrics format),
       scores-NAME.json          and the metrics
-      result.json               `reproduce`: the run's result
+      result.json               `reproduce`: the run's result, whose test decode has its own files:
+      result-{outputs,refs}-test.txt, result-scores-test.json
 
 Everything is written atomically (`checkpoint.atomic_path`): a kill never leaves half a file.
 """
@@ -78,6 +79,12 @@ class RunDir:
     @property
     def result(self) -> Path:
         return self.path / "result.json"
+
+    @property
+    def result_decoded(self) -> DecodeFiles:
+        """The test decode that result.json scores: its own files, which a later `generate RUN_DIR` (writing
+        outputs-test.txt) leaves alone."""
+        return self.decoded("test", self.path / "result-outputs-test.txt")
 
     def decoded(self, name: str, out: str | Path | None = None) -> DecodeFiles:
         """`RUN_DIR/{outputs,refs}-NAME.txt` and `RUN_DIR/scores-NAME.json` by default; with `out` (`{run}`
