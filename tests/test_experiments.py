@@ -111,12 +111,15 @@ def test_resumed_experiment_equals_uninterrupted(quick_demo, tmp_path, monkeypat
 
 
 def test_plan_recipes():
-    p = experiments.plan("lowdata", model="smollm2-135m", seeds=(0, 1))
+    p = experiments.plan("lowdata", model="smollm2-135m", grid=experiments.Grid(seeds=(0, 1)))
     assert len(p.runs) == 16
     r = {x.name: x.cfg for x in p.runs}
     assert r["prefix-n500-s1"].train.max_steps == 400 and r["finetune-n50-s0"].train.max_steps == 100
     assert r["prefix-n100-s0"].method.init == "words" and r["prefix-n100-s0"].train.lr == 5e-5
-    a = experiments.plan("ablation", model="m", train_size=100)
+    a = experiments.plan("ablation", model="m", grid=experiments.Grid(train_size=100))
     assert [x.cfg.method.prefix_length for x in a.runs] == [1, 5, 10, 20, 40]
     t = experiments.plan("table1", model="m")
     assert [x.name for x in t.runs] == ["prefix", "finetune", "finetune-top2"] and t.test_limit is None
+    assert t.runs[0].cfg.train.lr == 8e-5 and t.runs[2].cfg.method.top_k_layers == 2
+    d = experiments.plan("demo")
+    assert d.test_limit == 100 and d.runs[0].cfg.model.name == "smollm2-135m" and len(d.runs) == 2

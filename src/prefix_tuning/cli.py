@@ -12,14 +12,15 @@ import sys
 import textwrap
 import types
 import typing
+from pathlib import Path
 
 import yaml
 
-from . import __version__
+from . import __version__, experiments
 from .config import ConfigError, DecodeConfig, load_config, to_dict
 from .e2e import DataError
-from .experiments import add_reproduce_parser
 from .generate import generate_runs
+from .hardware import PRECISIONS
 from .metrics import METRICS, EvalInputError
 from .metrics.cli import add_evaluate_parser
 from .models import ModelLoadError
@@ -145,6 +146,63 @@ def cmd_generate(args: argparse.Namespace) -> int:
             line += "  " + "  ".join(f"{k} {res[k]:.4f}" for k in METRICS if k in res)
         print(line)
     return 0
+
+
+# ------------------------------------------------------------------------------------------- reproduce
+
+def cmd_reproduce(args: argparse.Namespace) -> int:
+    out = Path(args.out or f"results/{args.experiment}{'-quick' if args.quick else ''}")
+    if args.report_only:
+        print(experiments.report(out))
+        return 0
+    grid = experiments.Grid(quick=args.quick, seeds=tuple(args.seeds), sizes=tuple(args.sizes),
+                            train_size=args.train_size)
+    p = experiments.plan(args.experiment, model=args.model, grid=grid, test_limit=args.test_limit,
+                         precision=args.precision, threads=args.threads, overrides=args.overrides,
+                         runs_dir=Path(args.runs_dir))
+    experiments.reproduce(p, out, keep_checkpoints=args.keep_checkpoints)
+    print((out / "table.md").read_text(encoding="utf-8"))
+    print(f"wrote {out}/results.json, table.md and plots")
+    return 0
+
+
+def _ints(text: str) -> list[int]:
+    return [int(x) for x in text.split(",") if x.strip()]
+
+
+def add_reproduce_parser(sub) -> None:
+    grid = experiments.Grid()
+    p = sub.add_parser(
+        "reproduce", help="run one of the paper's experiments end to end (train, generate, evaluate, report)",
+        description=experiments.__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("experiment", choices=list(experiments.EXPERIMENTS))
+    p.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="config overrides applied to every run")
+    p.add_argument("--model", default=None, help="base model: HF id, local folder, smollm2-135m (offline), "
+                   "tiny-gpt2 (default: the experiment's: " + ", ".join(
+                       f"{e.name} {e.default_model}" for e in experiments.EXPERIMENTS.values()) + ")")
+    p.add_argument("--quick", action="store_true", help="tiny random model and tiny data: a smoke test in ~1 minute")
+    p.add_argument("--seeds", type=_ints, default=list(grid.seeds), help="low-data subsample/training seeds "
+                   f"(default {','.join(map(str, grid.seeds))})")
+    p.add_argument("--sizes", type=_ints, default=list(grid.sizes), help="low-data train sizes "
+                   f"(default {','.join(map(str, grid.sizes))})")
+    p.add_argument("--train-size", type=int, default=None, help="table1/ablation: train on a low-data subset of this size")
+    p.add_argument("--test-limit", type=int, default=None,
+                   help="score the first N unique test MRs (default: the experiment's: " + ", ".join(
+                       f"{e.name} {e.default_test_limit or 'all 630'}" for e in experiments.EXPERIMENTS.values())
+                   + f"; --quick {experiments.QUICK_TEST_LIMIT}). CIDEr takes document frequencies from the scored "
+                   "refs, so it is only comparable at the same N")
+    p.add_argument("--precision", default="auto", choices=PRECISIONS,
+                   help="training and decoding precision (default auto: bf16 where the device computes it natively "
+                        "(GPUs, CPUs with AVX512-BF16/AMX; ~2.5x faster there), else fp32 (bf16 is emulated and ~30x "
+                        "slower on AVX2-only CPUs)); the precision used is recorded per run and in the tables")
+    p.add_argument("--threads", type=int, default=None,
+                   help="torch CPU threads per run (default: the cores available to this process; give each of "
+                        "two reproduce commands sharing a machine half of them)")
+    p.add_argument("--out", default=None, help="results folder (default results/<experiment>)")
+    p.add_argument("--runs-dir", default="runs", help="where run dirs (checkpoints, outputs) go (default runs/)")
+    p.add_argument("--keep-checkpoints", action="store_true", help="keep resumable checkpoints of finished runs")
+    p.add_argument("--report-only", action="store_true", help="rebuild table.md and plots from results.json")
+    p.set_defaults(func=cmd_reproduce)
 
 
 def build_parser() -> argparse.ArgumentParser:

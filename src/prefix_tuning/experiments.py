@@ -5,7 +5,7 @@
 `results/<experiment>/{results.json, table.md, *.png, outputs/}`. Tables and plots are regenerated
 from results.json alone (`report`), so they can be rebuilt without re-running anything.
 
-Experiments (Li & Liang 2021):
+Experiments (Li & Liang 2021), one entry each in `EXPERIMENTS`:
 - table1:   prefix-tuning vs fine-tuning vs FT-top2 on E2E (Table 1 / ACL Table 2).
 - ablation: prefix length {1, 5, 10, 20, 40} (Figure 4's grid; the paper's panels are DART and XSUM, ours is E2E).
 - lowdata:  train sizes {50, 100, 200, 500}, prefix (init "table-to-text:") vs fine-tuning (§7.1, appendix).
@@ -14,30 +14,22 @@ Experiments (Li & Liang 2021):
 
 from __future__ import annotations
 
-import argparse
 import json
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from . import paper
+from . import report as rep
 from .config import RunConfig, apply_overrides, from_dict, to_dict
 from .generate import generate_run
-from .hardware import PRECISIONS, describe_cpu
+from .hardware import describe_cpu
 from .metrics import METRICS
 from .run import RunDir, read_result, write_json, write_result
 from .train import train
 
-# Paper numbers, GPT-2 Medium, E2E test: BLEU NIST METEOR ROUGE-L CIDEr (BLEU/METEOR/ROUGE-L in %).
-PAPER = {
-    "arXiv Table 1": {"finetune": (68.2, 8.62, 46.2, 71.0, 2.47), "finetune-top2": (68.1, 8.59, 46.0, 70.8, 2.41),
-                      "prefix": (69.7, 8.81, 46.1, 71.4, 2.49)},
-    "ACL Table 2": {"finetune": (68.8, 8.71, 46.1, 71.1, 2.43), "finetune-top2": (68.1, 8.59, 46.0, 70.8, 2.41),
-                    "prefix": (70.3, 8.82, 46.3, 72.1, 2.46)},
-}
-LOWDATA_SIZES = (50, 100, 200, 500)
-# Appendix (low-data): max steps per train size; prefix lr 5e-5, batch 10, P = len("table-to-text:").
-LOWDATA_STEPS = {"prefix": {50: 200, 100: 200, 200: 200, 500: 400}, "finetune": {50: 100, 100: 100, 200: 200, 500: 400}}
-ABLATION_LENGTHS = (1, 5, 10, 20, 40)
+QUICK_TEST_LIMIT = 8  # --quick: unique test MRs scored
 
 
 @dataclass
@@ -73,57 +65,102 @@ def _base(model: str, quick: bool, precision: str, threads: int | None) -> dict:
             "decode": {"precision": precision, "num_threads": threads}}
 
 
-def plan(experiment: str, *, model: str = "gpt2-medium", quick: bool = False, seeds: tuple[int, ...] = (0, 1),
-         sizes: tuple[int, ...] = LOWDATA_SIZES, train_size: int | None = None, test_limit: int | None = None,
+@dataclass(frozen=True)
+class Grid:
+    """What `reproduce` lets a user choose of an experiment's grid."""
+
+    quick: bool = False  # tiny random model and tiny data: a smoke test
+    seeds: tuple[int, ...] = (0, 1)
+    sizes: tuple[int, ...] = paper.LOWDATA_SIZES
+    train_size: int | None = None
+
+
+RunSpec = tuple[str, dict, dict]  # (run name, group: what varies, config sections over the base)
+
+
+def _table1_runs(grid: Grid) -> list[RunSpec]:
+    data = {"train_size": 24 if grid.quick else grid.train_size}
+    train = lambda method: {"lr": 1e-3, "max_steps": 6} if grid.quick else {"lr": paper.E2E_LR[method]}
+    return [("prefix", {"method": "prefix"}, {"method": {"name": "prefix", "prefix_length": paper.E2E_PREFIX_LENGTH},
+                                              "train": train("prefix"), "data": data}),
+            ("finetune", {"method": "finetune"}, {"method": {"name": "finetune"}, "train": train("finetune"),
+                                                  "data": data}),
+            ("finetune-top2", {"method": "finetune-top2"}, {"method": {"name": "finetune-top", "top_k_layers": 2},
+                                                            "train": train("finetune"), "data": data})]
+
+
+def _ablation_runs(grid: Grid) -> list[RunSpec]:
+    size = 24 if grid.quick else (grid.train_size or 200)
+    train = {"max_steps": 6 if grid.quick else paper.LOWDATA_STEPS["prefix"].get(size, 400),
+             "lr": 1e-3 if grid.quick else paper.E2E_LR["prefix"], "seed": 101}
+    return [(f"prefix-P{P}", {"method": "prefix", "prefix_length": P},
+             {"method": {"name": "prefix", "prefix_length": P}, "data": {"train_size": size}, "train": train})
+            for P in ((1, 5) if grid.quick else paper.ABLATION_LENGTHS)]
+
+
+def _size_seed_runs(sizes: tuple[int, ...], seeds: tuple[int, ...], quick: bool) -> list[RunSpec]:
+    """Prefix-tuning (initialised from "table-to-text:") and fine-tuning per train size and seed (§7.1)."""
+    runs = []
+    for size in sizes:
+        for seed in seeds:
+            for m in ("prefix", "finetune"):
+                method = {"name": m} if m == "finetune" else {"name": "prefix", "init": "words", "prefix_length": None}
+                train = {"max_steps": 6 if quick else paper.LOWDATA_STEPS[m].get(size, 400),
+                         "lr": 1e-3 if quick else paper.LOWDATA_LR, "seed": 101 + seed, "batch_size": 4 if quick else 10}
+                runs.append((f"{m}-n{size}-s{seed}", {"method": m, "size": size, "seed": seed},
+                             {"method": method, "data": {"train_size": size, "subset_seed": seed}, "train": train}))
+    return runs
+
+
+def _lowdata_runs(grid: Grid) -> list[RunSpec]:
+    return _size_seed_runs((16, 24) if grid.quick else grid.sizes, grid.seeds, grid.quick)
+
+
+def _demo_runs(grid: Grid) -> list[RunSpec]:
+    return _size_seed_runs((16,) if grid.quick else (100,), grid.seeds[:1], grid.quick)
+
+
+@dataclass(frozen=True)
+class Experiment:
+    """One experiment: its runs, its report (sections of table.md after the runs, plots) and its defaults."""
+
+    name: str
+    runs: Callable[[Grid], list[RunSpec]]
+    sections: tuple[Callable[[dict], list[str]], ...]
+    plots: tuple[Callable[[dict, Path], Path], ...]
+    default_model: str = "gpt2-medium"  # the paper's
+    default_test_limit: int | None = None  # first N unique test MRs (order of first appearance); None = all 630
+
+
+EXPERIMENTS = {e.name: e for e in [
+    Experiment("table1", _table1_runs, (rep.speed_and_storage, rep.paper_e2e), (rep.metric_bars,)),
+    Experiment("ablation", _ablation_runs, (), (rep.ablation_plot,)),
+    Experiment("lowdata", _lowdata_runs, (rep.seed_means, rep.speed_and_storage), (rep.lowdata_plot,)),
+    Experiment("demo", _demo_runs, (rep.seed_means, rep.speed_and_storage), (rep.lowdata_plot, rep.metric_bars),
+               default_model="smollm2-135m", default_test_limit=100),
+]}
+
+
+def experiment(name: str) -> Experiment:
+    if name not in EXPERIMENTS:
+        raise ValueError(f"unknown experiment {name!r}: choose {', '.join(EXPERIMENTS)}")
+    return EXPERIMENTS[name]
+
+
+def plan(name: str, *, model: str | None = None, grid: Grid = Grid(), test_limit: int | None = None,
          precision: str = "auto", threads: int | None = None, overrides: list[str] = (),
          runs_dir: Path = Path("runs")) -> Plan:
-    """The runs of an experiment. `--quick` shrinks everything to a tiny model for smoke tests."""
-    base = _base(model, quick, precision, threads)
-    ov = list(overrides)
-    runs: list[Run] = []
-    root = runs_dir / experiment
-
-    def add(name: str, group: dict, **sections) -> None:
-        cfg = _cfg(base, ov, **sections)
-        cfg.out_dir = str(root / name)
-        runs.append(Run(name, cfg, group))
-
-    if experiment == "table1":
-        size = 24 if quick else train_size
-        steps = {"max_steps": 6} if quick else {}
-        add("prefix", {"method": "prefix"}, method={"name": "prefix", "prefix_length": 5},
-            train={"lr": 8e-5 if not quick else 1e-3, **steps}, data={"train_size": size})
-        add("finetune", {"method": "finetune"}, method={"name": "finetune"},
-            train={"lr": 5e-5 if not quick else 1e-3, **steps}, data={"train_size": size})
-        add("finetune-top2", {"method": "finetune-top2"}, method={"name": "finetune-top", "top_k_layers": 2},
-            train={"lr": 5e-5 if not quick else 1e-3, **steps}, data={"train_size": size})
-    elif experiment == "ablation":
-        size = 24 if quick else (train_size or 200)
-        lengths = (1, 5) if quick else ABLATION_LENGTHS
-        for P in lengths:
-            add(f"prefix-P{P}", {"method": "prefix", "prefix_length": P}, method={"name": "prefix", "prefix_length": P},
-                data={"train_size": size},
-                train={"max_steps": 6 if quick else LOWDATA_STEPS["prefix"].get(size, 400),
-                       "lr": 1e-3 if quick else 8e-5, "seed": 101})  # 8e-5: the paper's E2E prefix lr
-    elif experiment in ("lowdata", "demo"):
-        if experiment == "demo":
-            sizes, seeds = (100,), seeds[:1]
-        if quick:
-            sizes = (16, 24) if experiment == "lowdata" else (16,)
-        for size in sizes:
-            for seed in seeds:
-                for m in ("prefix", "finetune"):
-                    steps = 6 if quick else LOWDATA_STEPS[m].get(size, 400)
-                    method = {"name": m} if m == "finetune" else {"name": "prefix", "init": "words",
-                                                                  "prefix_length": None}
-                    add(f"{m}-n{size}-s{seed}", {"method": m, "size": size, "seed": seed}, method=method,
-                        data={"train_size": size, "subset_seed": seed},
-                        train={"max_steps": steps, "lr": 1e-3 if quick else 5e-5, "seed": 101 + seed,
-                               "batch_size": 4 if quick else 10})
-    else:
-        raise ValueError(f"unknown experiment {experiment!r}: choose table1, ablation, lowdata or demo")
-    default_limit = 8 if quick else (100 if experiment == "demo" else None)
-    return Plan(experiment, runs, test_limit if test_limit is not None else default_limit)
+    """The runs of an experiment (model: default the experiment's). `grid.quick` shrinks everything to a tiny
+    model for smoke tests."""
+    exp = experiment(name)
+    base = _base(model or exp.default_model, grid.quick, precision, threads)
+    runs = []
+    for run_name, group, sections in exp.runs(grid):
+        cfg = _cfg(base, list(overrides), **sections)
+        cfg.out_dir = str(runs_dir / name / run_name)
+        runs.append(Run(run_name, cfg, group))
+    default_limit = QUICK_TEST_LIMIT if grid.quick else exp.default_test_limit
+    return Plan(name, runs, test_limit if test_limit is not None else default_limit)
 
 
 def run_one(run: Run, test_limit: int | None, out_dir: Path, keep_checkpoints: bool = False) -> dict:
@@ -183,66 +220,17 @@ def reproduce(p: Plan, out_dir: Path, *, keep_checkpoints: bool = False) -> list
     return results
 
 
-def write_results(experiment: str, results: list[dict], out_dir: Path) -> None:
-    write_json(out_dir / "results.json", {"experiment": experiment, "runs": results}, indent=1)
+def write_results(name: str, results: list[dict], out_dir: Path) -> None:
+    write_json(out_dir / "results.json", {"experiment": name, "runs": results}, indent=1)
 
 
 def report(out_dir: Path) -> str:
     """(Re)build table.md and the plots from results.json alone."""
-    from .report import make_plots, make_table
-
-    data = json.loads((out_dir / "results.json").read_text())
-    table = make_table(data)
+    data = json.loads((out_dir / "results.json").read_text(encoding="utf-8"))
+    exp = experiment(data["experiment"])
+    table = rep.make_table(data, exp.sections)
     (out_dir / "table.md").write_text(table, encoding="utf-8")
-    make_plots(data, out_dir)
+    if data["runs"]:
+        for plot in exp.plots:
+            plot(data, out_dir)
     return table
-
-
-def cmd_reproduce(args: argparse.Namespace) -> int:
-    out = Path(args.out or f"results/{args.experiment}{'-quick' if args.quick else ''}")
-    if args.report_only:
-        print(report(out))
-        return 0
-    if args.model is None:
-        args.model = "smollm2-135m" if args.experiment == "demo" else "gpt2-medium"
-    p = plan(args.experiment, model=args.model, quick=args.quick, seeds=tuple(args.seeds),
-             sizes=tuple(args.sizes), train_size=args.train_size, test_limit=args.test_limit,
-             precision=args.precision, threads=args.threads, overrides=args.overrides,
-             runs_dir=Path(args.runs_dir))
-    reproduce(p, out, keep_checkpoints=args.keep_checkpoints)
-    print((out / "table.md").read_text(encoding="utf-8"))
-    print(f"wrote {out}/results.json, table.md and plots")
-    return 0
-
-
-def _ints(text: str) -> list[int]:
-    return [int(x) for x in text.split(",") if x.strip()]
-
-
-def add_reproduce_parser(sub) -> None:
-    p = sub.add_parser(
-        "reproduce", help="run one of the paper's experiments end to end (train, generate, evaluate, report)",
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("experiment", choices=["table1", "ablation", "lowdata", "demo"])
-    p.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="config overrides applied to every run")
-    p.add_argument("--model", default=None, help="base model: HF id, local folder, smollm2-135m (offline), "
-                   "tiny-gpt2 (default: gpt2-medium, the paper's; demo: smollm2-135m)")
-    p.add_argument("--quick", action="store_true", help="tiny random model and tiny data: a smoke test in ~1 minute")
-    p.add_argument("--seeds", type=_ints, default=[0, 1], help="low-data subsample/training seeds (default 0,1)")
-    p.add_argument("--sizes", type=_ints, default=list(LOWDATA_SIZES), help="low-data train sizes (default 50,100,200,500)")
-    p.add_argument("--train-size", type=int, default=None, help="table1/ablation: train on a low-data subset of this size")
-    p.add_argument("--test-limit", type=int, default=None,
-                   help="score the first N unique test MRs (default: all 630; demo 100; --quick 8). CIDEr takes "
-                        "document frequencies from the scored refs, so it is only comparable at the same N")
-    p.add_argument("--precision", default="auto", choices=PRECISIONS,
-                   help="training and decoding precision (default auto: bf16 where the device computes it natively "
-                        "(GPUs, CPUs with AVX512-BF16/AMX; ~2.5x faster there), else fp32 (bf16 is emulated and ~30x "
-                        "slower on AVX2-only CPUs)); the precision used is recorded per run and in the tables")
-    p.add_argument("--threads", type=int, default=None,
-                   help="torch CPU threads per run (default: the cores available to this process; give each of "
-                        "two reproduce commands sharing a machine half of them)")
-    p.add_argument("--out", default=None, help="results folder (default results/<experiment>)")
-    p.add_argument("--runs-dir", default="runs", help="where run dirs (checkpoints, outputs) go (default runs/)")
-    p.add_argument("--keep-checkpoints", action="store_true", help="keep resumable checkpoints of finished runs")
-    p.add_argument("--report-only", action="store_true", help="rebuild table.md and plots from results.json")
-    p.set_defaults(func=cmd_reproduce)
