@@ -39,7 +39,7 @@ def test_quick_demo_writes_everything(quick_demo):
         assert len((out / "outputs" / f"{r['name']}.txt").read_text().splitlines()) == 8
     prefix, ft = data["runs"]
     assert prefix["stored_params"] < ft["stored_params"] / 100
-    for f in ["table.md", "demo.png", "demo_metrics.png"]:
+    for f in ["table.md", "demo_metrics.png"]:
         assert (out / f).stat().st_size > 0
 
 
@@ -47,9 +47,9 @@ def test_table_regenerated_from_results_json(quick_demo):
     out = quick_demo / "results"
     before = (out / "table.md").read_text()
     (out / "table.md").unlink()
-    (out / "demo.png").unlink()
+    (out / "demo_metrics.png").unlink()
     assert main(["reproduce", "demo", "--report-only", "--out", str(out)]) == 0
-    assert (out / "table.md").read_text() == before and (out / "demo.png").is_file()
+    assert (out / "table.md").read_text() == before and (out / "demo_metrics.png").is_file()
     data = json.loads((out / "results.json").read_text())
     bleu = data["runs"][0]["metrics"]["BLEU"]
     assert f"| prefix-n16-s0 | {100 * bleu:.1f} |" in before

@@ -133,10 +133,10 @@ class Experiment:
 
 
 EXPERIMENTS = {e.name: e for e in [
-    Experiment("table1", _table1_runs, (rep.speed_and_storage, rep.paper_e2e), (rep.metric_bars,)),
+    Experiment("table1", _table1_runs, (rep.speed_and_storage, rep.paper_e2e), (rep.method_bars,)),
     Experiment("ablation", _ablation_runs, (), (rep.ablation_plot,)),
     Experiment("lowdata", _lowdata_runs, (rep.seed_means, rep.speed_and_storage), (rep.lowdata_plot,)),
-    Experiment("demo", _demo_runs, (rep.seed_means, rep.speed_and_storage), (rep.lowdata_plot, rep.metric_bars),
+    Experiment("demo", _demo_runs, (rep.seed_means, rep.speed_and_storage), (rep.method_bars,),
                default_model="smollm2-135m", default_test_limit=100),
 ]}
 

@@ -172,23 +172,48 @@ def lowdata_plot(data: dict, out_dir: Path) -> Path:
     return _save(fig, out_dir / f"{data['experiment']}.png")
 
 
-def metric_bars(data: dict, out_dir: Path) -> Path:
-    """One bar per run for every metric."""
+METHOD_STYLE = {"prefix": ("prefix-tuning", "tab:blue"), "finetune": ("fine-tuning", "tab:orange"),
+                "finetune-top2": ("FT-top2", "tab:green")}
+
+
+def _count(n: float) -> str:
+    return f"{n / 1e6:.1f}M" if n >= 1e6 else f"{n:,.0f}"
+
+
+def method_bars(data: dict, out_dir: Path) -> Path:
+    """The methods side by side for every metric (mean over a method's runs, sd as error bar), values printed on
+    the bars; % metrics and the others (NIST, CIDEr) on two scales."""
     plt = _pyplot()
     runs = data["runs"]
-    fig, axes = plt.subplots(1, 5, figsize=(16, 3.2))
-    names = [r["name"] for r in runs]
-    for ax, k in zip(axes, METRICS):
-        ax.bar(range(len(runs)), [_scale(k, r["metrics"].get(k, float("nan"))) for r in runs],
-               color=["tab:blue" if r["method"] == "prefix" else "tab:orange" for r in runs])
-        ax.set_xticks(range(len(runs)), names, rotation=30, ha="right", fontsize=7)
-        ax.set_title(k)
-    fig.suptitle(f"{data['experiment']}: E2E test metrics ({runs[0]['config']['model']['name']})")
-    return _save(fig, out_dir / f"{data['experiment']}_metrics.png")
+    methods = list(dict.fromkeys(r["method"] for r in runs))
+    panels = [[k for k in METRICS if k in PERCENT], [k for k in METRICS if k not in PERCENT]]
+    fig, axes = plt.subplots(1, 2, figsize=(11, 4.2), gridspec_kw={"width_ratios": [3, 2]})
+    width = 0.8 / len(methods)
+    for ax, keys, unit in zip(axes, panels, ("%", "score")):
+        for j, method in enumerate(methods):
+            rs = [r for r in runs if r["method"] == method]
+            vals = [[_scale(k, r["metrics"][k]) for r in rs if k in r["metrics"]] for k in keys]
+            means = [statistics.fmean(v) if v else float("nan") for v in vals]
+            sds = [statistics.stdev(v) if len(v) > 1 else 0.0 for v in vals]
+            name, color = METHOD_STYLE.get(method, (method, None))
+            label = f"{name} ({_count(statistics.fmean(r['stored_params'] for r in rs))} stored values)"
+            xs = [i + (j - (len(methods) - 1) / 2) * width for i in range(len(keys))]
+            bars = ax.bar(xs, means, width, yerr=sds if any(sds) else None, capsize=3, color=color, label=label)
+            ax.bar_label(bars, fmt="%.1f" if unit == "%" else "%.2f", padding=2, fontsize=9)
+        ax.set_xticks(range(len(keys)), [k.replace("_", "-") for k in keys])
+        ax.set_ylabel(unit)
+        ax.margins(y=0.12)
+        ax.grid(axis="y", alpha=0.3)
+    fig.legend(*axes[0].get_legend_handles_labels(), loc="lower center", ncol=len(methods), frameon=False)
+    cfg, seeds = runs[0]["config"], max(len([r for r in runs if r["method"] == m]) for m in methods)
+    fig.suptitle(f"{data['experiment']}: E2E test metrics of {cfg['model']['name']}, "
+                 f"{cfg['data']['train_size'] or 'all'} training examples, {runs[0]['test_mrs']} test MRs"
+                 + (f" (mean ± sd over {seeds} runs)" if seeds > 1 else ""))
+    return _save(fig, out_dir / f"{data['experiment']}_metrics.png", rect=(0, 0.07, 1, 1))
 
 
-def _save(fig, path: Path) -> Path:
-    fig.tight_layout()
+def _save(fig, path: Path, rect: tuple[float, float, float, float] = (0, 0, 1, 1)) -> Path:
+    fig.tight_layout(rect=rect)
     fig.savefig(path, dpi=120)
     _pyplot().close(fig)
     return path
