@@ -25,9 +25,7 @@ from prefix_tuning.data import (
     group_by_mr,
     linearize_mr,
     load_e2e,
-    load_e2e_report,
     low_data_split,
-    low_data_subset,
     resolve_data_dir,
 )
 
@@ -270,11 +268,10 @@ def test_low_data_reproducible_and_disjoint(official):
         tr, dev = low_data_split(train, size, seed=3)
         assert len(tr) == size and len(dev) == round(0.3 * size)
         assert not {e.source for e in tr} & {e.source for e in dev}
-        assert low_data_subset(train, size, 3) == tr
         assert low_data_split(train, size, 3) == (tr, dev)
-    assert low_data_subset(train, 50, 0) != low_data_subset(train, 50, 1)
+    assert low_data_split(train, 50, 0)[0] != low_data_split(train, 50, 1)[0]
     # Golden: pinned so that a change of sampling algorithm (or of Python's random()) is noticed.
-    assert [int(e.source.rsplit(":", 1)[1]) for e in low_data_subset(train, 50, 0)[:5]] == GOLD_LOWDATA_LINES
+    assert [int(e.source.rsplit(":", 1)[1]) for e in low_data_split(train, 50, 0)[0][:5]] == GOLD_LOWDATA_LINES
     with pytest.raises(ValueError):
         low_data_split(train[:10], 10, 0)
 
@@ -326,8 +323,6 @@ def test_bad_row_message(tmp_path, case, as_zip):
     assert [e.mr for e in exs] == ["name[The Eagle], eatType[pub]", "name[B]"]
     assert exs[0].ref == "The Eagle is a pub. It is nice." and exs[1].source == f"{name}:5"
     assert len(exs.skipped) == 1 and exs.skipped[0].startswith(f"{name}:4: ")
-    with pytest.warns(UserWarning):
-        assert load_e2e_report("train", data_dir=root, on_error="skip") == (list(exs), exs.skipped)
 
 
 def test_missing_column(tmp_path):
@@ -369,6 +364,7 @@ def fake_data_dir(p: Path) -> Path:
 
 def test_resolve_precedence(tmp_path, monkeypatch):
     explicit, env, xdg = fake_data_dir(tmp_path / "x"), fake_data_dir(tmp_path / "env"), tmp_path / "xdg"
+    monkeypatch.delenv("PREFIX_TUNING_CACHE", raising=False)
     fake_data_dir(xdg / "prefix-tuning" / "data")
     monkeypatch.setenv("XDG_CACHE_HOME", str(xdg))
     monkeypatch.setenv("PREFIX_TUNING_DATA", str(env))
@@ -379,10 +375,13 @@ def test_resolve_precedence(tmp_path, monkeypatch):
     monkeypatch.delenv("XDG_CACHE_HOME")
     monkeypatch.setenv("HOME", str(tmp_path / "home"))
     assert e2e._cache_dir() == tmp_path / "home" / ".cache" / "prefix-tuning" / "data"
+    monkeypatch.setenv("PREFIX_TUNING_CACHE", str(tmp_path / "cache"))  # one cache root, models' and data's
+    assert e2e._cache_dir() == tmp_path / "cache" / "data"
 
 
 def test_offline_error_names_all_options(tmp_path, monkeypatch):
     monkeypatch.delenv("PREFIX_TUNING_DATA", raising=False)
+    monkeypatch.delenv("PREFIX_TUNING_CACHE", raising=False)
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
     with pytest.raises(DataError) as err:
         load_e2e("test")  # nothing anywhere: tries to download, the network is off
@@ -414,7 +413,7 @@ def test_download_checks_sha256(tmp_path, monkeypatch):
 
 def test_reexports():
     for name in ("DataError", "Example", "MRGroup", "linearize_mr", "resolve_data_dir", "load_e2e", "group_by_mr",
-                 "low_data_subset", "low_data_split", "encode_example", "encode_prompt", "E2EDataset", "collate"):
+                 "low_data_split", "encode_example", "encode_prompt", "E2EDataset", "collate"):
         assert hasattr(data, name)
     assert issubclass(DataError, ValueError)
     assert Example("m", "t", "r").source == ""

@@ -41,12 +41,12 @@ import contextlib
 import functools
 import inspect
 import sys
-import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 
 import torch
 from torch import Tensor, nn
+from tqdm.auto import tqdm
 
 from .config import DecodeConfig
 from .hardware import dtype_of
@@ -333,26 +333,12 @@ def decode_ids(model: nn.Module, prompts: list[list[int]], prefixes: list[Tensor
     order = sorted(range(len(prompts)), key=lambda i: (-len(prompts[i]), i))
     out: list[list[int]] = [[] for _ in prompts]
     ctx, dtype = precision_context(model, precision)
-    bar = None
-    if progress:
-        try:
-            from tqdm.auto import tqdm
-
-            bar = tqdm(total=len(prompts), unit="MR", desc="decode", file=sys.stderr)
-        except ImportError:
-            pass
-    t0 = time.time()
-    with ctx:
+    with ctx, tqdm(total=len(prompts), unit="MR", desc="decode", file=sys.stderr, disable=not progress) as bar:
         for start in range(0, len(order), batch_size):
             idx = order[start:start + batch_size]
             got = search(model, [prompts[i] for i in idx], [prefixes[i] for i in idx], settings,
                          pad_id=pad_id, dtype=dtype)
             for i, g in zip(idx, got):
                 out[i] = g
-            if bar is not None:
-                bar.update(len(idx))
-            elif progress:
-                print(f"decoded {start + len(idx)}/{len(prompts)} ({time.time() - t0:.0f} s)", file=sys.stderr)
-    if bar is not None:
-        bar.close()
+            bar.update(len(idx))
     return out

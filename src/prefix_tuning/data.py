@@ -31,7 +31,7 @@ from __future__ import annotations
 
 import random
 import weakref
-from typing import Sequence
+from collections.abc import Sequence
 
 import torch
 from torch import Tensor
@@ -49,7 +49,6 @@ from .e2e import (  # noqa: F401  (re-exported: `from prefix_tuning.data import 
     group_by_mr,
     linearize_mr,
     load_e2e,
-    load_e2e_report,
     parse_mr,
     resolve_data_dir,
 )
@@ -91,25 +90,17 @@ def low_data_split(examples: Sequence[Example], size: int, seed: int) -> tuple[l
     return [examples[i] for i in train_idx], [examples[i] for i in dev_idx]
 
 
-def low_data_subset(examples: Sequence[Example], size: int, seed: int) -> list[Example]:
-    """The `size` training examples of `low_data_split(examples, size, seed)` (same sample, same order)."""
-    if not isinstance(size, int) or size <= 0:
-        raise ValueError(f"low-data size must be a positive int, got {size!r}")
-    if size > len(examples):
-        raise ValueError(f"low-data size {size} > {len(examples)} examples")
-    return [examples[i] for i in sorted(_permutation(len(examples), seed)[:size])]
-
-
 # ------------------------------------------------------------------------------------------ encoding
 
-_prefix_cache: "weakref.WeakKeyDictionary" = weakref.WeakKeyDictionary()
+_start_ids_memo: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
 
 
 def _text_ids(tokenizer, texts: list[str]) -> list[list[int]]:
     return tokenizer(texts, add_special_tokens=False)["input_ids"]
 
 
-def _eos_id(tokenizer) -> int:
+def eos_id_of(tokenizer) -> int:
+    """The tokenizer's EOS id: the separator and the end of every training target, and what ends a generated text."""
     eos = tokenizer.eos_token_id
     if eos is None:
         raise ValueError(f"{type(tokenizer).__name__} has no eos_token; expected a causal-LM tokenizer with one "
@@ -120,7 +111,7 @@ def _eos_id(tokenizer) -> int:
 def _start_ids(tokenizer) -> list[int]:
     """Special tokens the tokenizer puts before a text by itself (Llama's BOS; none for GPT-2/SmolLM2)."""
     try:
-        return list(_prefix_cache[tokenizer])
+        return list(_start_ids_memo[tokenizer])
     except (KeyError, TypeError):
         pass
     probe = "x"
@@ -132,7 +123,7 @@ def _start_ids(tokenizer) -> list[int]:
             start = list(with_special[:i])
             break
     try:
-        _prefix_cache[tokenizer] = tuple(start)
+        _start_ids_memo[tokenizer] = tuple(start)
     except TypeError:
         pass
     return start
@@ -161,14 +152,14 @@ def encode_example(tokenizer, table: str, ref: str, *, max_length: int | None = 
     (The original truncated at block_size from the right, losing the eos; no E2E example comes near that.)
     """
     table_ids, ref_ids = _text_ids(tokenizer, [f" {table} ", f" {ref} "])
-    return _assemble(_start_ids(tokenizer), table_ids, ref_ids, _eos_id(tokenizer), max_length)
+    return _assemble(_start_ids(tokenizer), table_ids, ref_ids, eos_id_of(tokenizer), max_length)
 
 
 def encode_prompt(tokenizer, table: str) -> list[int]:
     """What generation feeds: start tokens + ids(' {table} ') + [eos], identical to the training sequence up
     to and including the separator (original: `tokenizer.encode(' {table} {bos}')` in run_generation.py)."""
     (table_ids,) = _text_ids(tokenizer, [f" {table} "])
-    return _start_ids(tokenizer) + table_ids + [_eos_id(tokenizer)]
+    return _start_ids(tokenizer) + table_ids + [eos_id_of(tokenizer)]
 
 
 class E2EDataset(torch.utils.data.Dataset):
@@ -178,7 +169,7 @@ class E2EDataset(torch.utils.data.Dataset):
     def __init__(self, examples: Sequence[Example], tokenizer, *, max_length: int | None = None,
                  chunk: int = 4096):
         self.examples = list(examples)
-        eos, start = _eos_id(tokenizer), _start_ids(tokenizer)
+        eos, start = eos_id_of(tokenizer), _start_ids(tokenizer)
         tables: dict[str, list[int]] = {}
         unique = list(dict.fromkeys(e.table for e in self.examples))
         for i in range(0, len(unique), chunk):

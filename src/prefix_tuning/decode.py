@@ -28,7 +28,7 @@ from torch import Tensor, nn
 
 from .beam import SearchSettings, check_prefixes, decode_ids, row_prefixes
 from .config import DecodeConfig
-from .data import encode_prompt
+from .data import encode_prompt, eos_id_of
 from .hardware import resolve_precision
 
 _newline_cache: dict = {}
@@ -46,12 +46,6 @@ def newline_token_ids(tokenizer) -> tuple[int, ...]:
         _newline_cache[key] = tuple(i for i, t in enumerate(texts)
                                     if i not in special and len(f"x{t}x".splitlines()) > 1)
     return _newline_cache[key]
-
-
-def eos_id_of(tokenizer) -> int:
-    if tokenizer.eos_token_id is None:
-        raise ValueError(f"{type(tokenizer).__name__} has no eos_token: cannot end a generated text")
-    return int(tokenizer.eos_token_id)
 
 
 def search_settings(cfg: DecodeConfig, tokenizer, *, banned_ids: Sequence[int] = ()) -> SearchSettings:

@@ -27,9 +27,11 @@ import urllib.error
 import urllib.request
 import warnings
 import zipfile
+from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Sequence
+
+from .e2e_tokenize import tokenize_like_original
 
 log = logging.getLogger(__name__)
 
@@ -116,7 +118,6 @@ def linearize_mr(mr: str, *, where: str = "", tokenized: bool = False) -> str:
     slots = parse_mr(mr, where=where)
     values = [v for _, v in slots]
     if tokenized:
-        from .e2e_tokenize import tokenize_like_original
         values = tokenize_like_original(values)
     return " | ".join(f"{SLOT_NAMES.get(k, k)} : {v}" for (k, _), v in zip(slots, values))
 
@@ -132,10 +133,17 @@ def group_by_mr(examples: Sequence[Example]) -> list[MRGroup]:
 
 # -------------------------------------------------------------------------------------- data location
 
-def _cache_dir() -> Path:
+def cache_root() -> Path:
+    """This package's user cache (data here, dequantised models in `models`): $PREFIX_TUNING_CACHE, else
+    $XDG_CACHE_HOME/prefix-tuning (an absolute path only, as the XDG spec says), else ~/.cache/prefix-tuning."""
+    if os.environ.get("PREFIX_TUNING_CACHE"):
+        return Path(os.environ["PREFIX_TUNING_CACHE"])
     xdg = os.environ.get("XDG_CACHE_HOME", "")
-    base = Path(xdg) if xdg and os.path.isabs(xdg) else Path.home() / ".cache"
-    return base / "prefix-tuning" / "data"
+    return (Path(xdg) if xdg and os.path.isabs(xdg) else Path.home() / ".cache") / "prefix-tuning"
+
+
+def _cache_dir() -> Path:
+    return cache_root() / "data"
 
 
 def _official_source(d: Path) -> Path | None:
@@ -166,7 +174,7 @@ def _pick_dir(path: str | os.PathLike | None) -> Path:
 
 def resolve_data_dir(path: str | os.PathLike | None = None, *, download: bool = True) -> Path:
     """The data folder: `path` if given, else $PREFIX_TUNING_DATA, else the user cache dir
-    ($XDG_CACHE_HOME or ~/.cache, then prefix-tuning/data). The chosen folder must hold `e2e/e2e-dataset.zip`
+    (`cache_root()`/data, by default ~/.cache/prefix-tuning/data). The chosen folder must hold `e2e/e2e-dataset.zip`
     (or the E2E CSVs, see `load_e2e`). If it does not and `download` is true, the official release zip is
     downloaded to `<dir>/e2e/e2e-dataset.zip`, its sha256 checked, and written atomically. Failure (offline,
     bad checksum, unwritable folder) or download=False raises DataError naming all three options and the URL.
@@ -325,7 +333,6 @@ def _parse_csv(name: str, raw: bytes, on_error: str) -> tuple[list[Example], lis
 
 
 def _tokenize_examples(examples: list[Example]) -> list[Example]:
-    from .e2e_tokenize import tokenize_like_original
     refs = tokenize_like_original(e.ref for e in examples)
     slots = {e.mr: parse_mr(e.mr) for e in examples}  # all parsed before, cannot fail
     values = sorted({v for s in slots.values() for _, v in s})
@@ -336,13 +343,6 @@ def _tokenize_examples(examples: list[Example]) -> list[Example]:
 
 def _has_bad_bytes(fields: Sequence[str]) -> bool:
     return any(re.search("[\udc80-\udcff]", f) for f in fields)
-
-
-def load_e2e_report(split: str, *, variant: str = "official", data_dir=None, on_error: str = "raise",
-                    ref_style: str = "raw") -> tuple[list[Example], list[str]]:
-    """Like `load_e2e`, returning (examples, skipped) where skipped holds one `file:line: reason` per bad row."""
-    exs = load_e2e(split, variant=variant, data_dir=data_dir, on_error=on_error, ref_style=ref_style)
-    return list(exs), list(exs.skipped)
 
 
 def load_e2e(split: str, *, variant: str = "official", data_dir=None, on_error: str = "raise",
@@ -357,7 +357,7 @@ def load_e2e(split: str, *, variant: str = "official", data_dir=None, on_error: 
     data_dir: see `resolve_data_dir` (downloads the official zip when missing and online).
     on_error: `raise` a DataError on the first bad row (`file:line: what; expected what`, the line being the
       physical line where the record starts), or `skip` bad rows: they are logged and warned about
-      (count + first reasons) and listed in the returned list's `.skipped` (see also `load_e2e_report`).
+      (count + first reasons) and listed in the returned list's `.skipped`.
       File-level problems (missing file or column, unreadable zip) always raise.
     ref_style: `raw`, the CSV text (stripped, line breaks -> spaces), or `tokenized`, the form of the
       original's data files: references AND table values tokenised like spaCy's English tokenizer ("is n't",
@@ -388,6 +388,6 @@ def load_e2e(split: str, *, variant: str = "official", data_dir=None, on_error: 
 
 __all__ = [
     "DataError", "Example", "MRGroup", "ExampleList", "parse_mr", "linearize_mr", "group_by_mr",
-"resolve_data_dir", "download_e2e", "load_e2e", "load_e2e_report",
+"resolve_data_dir", "download_e2e", "load_e2e",
     "E2E_URL", "E2E_SHA256", "ENV_VAR", "SLOT_NAMES",
 ]

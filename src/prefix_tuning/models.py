@@ -19,6 +19,15 @@ from pathlib import Path
 
 import torch
 from torch import nn
+from transformers import (
+    AutoModelForCausalLM,
+    AutoTokenizer,
+    GPT2Config,
+    GPT2TokenizerFast,
+    LlamaConfig,
+)
+
+from .e2e import cache_root
 
 
 class ModelLoadError(RuntimeError):
@@ -35,7 +44,7 @@ class KVShape:
     hidden_size: int
 
     @classmethod
-    def from_config(cls, config) -> "KVShape":
+    def from_config(cls, config) -> KVShape:
         config = config.get_text_config() if hasattr(config, "get_text_config") else config
         n_heads = config.num_attention_heads
         hidden = config.hidden_size
@@ -49,11 +58,6 @@ class KVShape:
 
 
 TINY_SEED = 1234
-
-
-def cache_root() -> Path:
-    base = os.environ.get("PREFIX_TUNING_CACHE") or Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "prefix-tuning"
-    return Path(base)
 
 
 def gpt2_tokenizer_dir(data_dir: str | os.PathLike | None = None) -> str:
@@ -70,8 +74,6 @@ def gpt2_tokenizer_dir(data_dir: str | os.PathLike | None = None) -> str:
 
 
 def load_tokenizer(name: str, data_dir: str | os.PathLike | None = None):
-    from transformers import AutoTokenizer, GPT2TokenizerFast
-
     if name in ("tiny-gpt2", "tiny-llama"):
         # from_pretrained on a folder: in transformers 5.x the vocab_file= constructor builds an EMPTY tokenizer
         tok = GPT2TokenizerFast.from_pretrained(gpt2_tokenizer_dir(data_dir))
@@ -90,8 +92,6 @@ def load_tokenizer(name: str, data_dir: str | os.PathLike | None = None):
 
 def tiny_config(name: str):
     """Tiny configs used by tests and --quick runs (vocabulary of GPT-2's tokenizer)."""
-    from transformers import GPT2Config, LlamaConfig
-
     if name == "tiny-gpt2":
         return GPT2Config(vocab_size=50257, n_positions=256, n_embd=32, n_layer=2, n_head=4,
                           bos_token_id=50256, eos_token_id=50256)
@@ -104,8 +104,6 @@ def tiny_config(name: str):
 
 def build_tiny(name: str, seed: int = TINY_SEED, scale: float = 4.0) -> nn.Module:
     """A tiny random model. Weights are scaled up so logits are far from uniform: ties would hide bugs."""
-    from transformers import AutoModelForCausalLM
-
     gen_state = torch.random.get_rng_state()
     torch.manual_seed(seed)
     model = AutoModelForCausalLM.from_config(tiny_config(name), attn_implementation="eager")
@@ -136,8 +134,6 @@ def _smollm2_dir() -> Path:
     out = cache_root() / "models" / f"smollm2-135m-{gguf.stem}"
     if (out / "config.json").is_file():
         return out
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
     tmp = out.with_name(out.name + f".tmp{os.getpid()}")
     shutil.rmtree(tmp, ignore_errors=True)
     try:
@@ -157,8 +153,6 @@ def _smollm2_dir() -> Path:
 
 def load_model(name: str, *, revision: str | None = None, dtype: torch.dtype = torch.float32) -> nn.Module:
     """The base model in eval mode (callers switch modes for training)."""
-    from transformers import AutoModelForCausalLM
-
     if name in ("tiny-gpt2", "tiny-llama"):
         return build_tiny(name).to(dtype)
     path = str(_smollm2_dir()) if name == "smollm2-135m" else name

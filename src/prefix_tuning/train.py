@@ -24,6 +24,7 @@ from tqdm.auto import tqdm
 
 from .checkpoint import atomic_torch_save
 from .config import RunConfig, save_config
+from .data import IGNORE_INDEX, E2EDataset, collate, load_e2e, low_data_split
 from .hardware import describe_cpu, dtype_of, resolve_precision, set_threads
 from .methods import Method, build_method, stored_numel
 from .models import load_model, load_tokenizer, resolve_device
@@ -46,24 +47,16 @@ class TrainResult:
 
 def load_examples(cfg: RunConfig):
     """Train and dev examples per the data config (low-data aware). Runs first: bad data fails fast."""
-    from . import data
-
-    kw = dict(variant=cfg.data.variant, data_dir=cfg.data.dir, on_error=cfg.data.on_error, ref_style=cfg.data.ref_style)
-    train = data.load_e2e("train", **kw)
+    kw = {"variant": cfg.data.variant, "data_dir": cfg.data.dir, "on_error": cfg.data.on_error,
+          "ref_style": cfg.data.ref_style}
+    train = load_e2e("train", **kw)
     if cfg.data.train_size is not None:
-        train, dev = data.low_data_split(train, cfg.data.train_size, cfg.data.subset_seed)
+        train, dev = low_data_split(train, cfg.data.train_size, cfg.data.subset_seed)
     else:
-        dev = data.load_e2e("dev", **kw)
+        dev = load_e2e("dev", **kw)
     if cfg.data.dev_size is not None:
         dev = dev[: cfg.data.dev_size]
     return train, dev
-
-
-def encode(cfg: RunConfig, tokenizer, examples) -> list[tuple[list[int], list[int]]]:
-    """(input_ids, labels) pairs: the original's training sequence, loss on the reference only."""
-    from .data import encode_example
-
-    return [encode_example(tokenizer, e.table, e.ref, max_length=cfg.data.max_length) for e in examples]
 
 
 def batch_loss(method: Method, batch: dict[str, Tensor], mode: str, dtype: torch.dtype | None) -> tuple[Tensor, int]:
@@ -73,7 +66,7 @@ def batch_loss(method: Method, batch: dict[str, Tensor], mode: str, dtype: torch
     token_mean: mean over all target tokens.
     """
     labels = batch["labels"][:, 1:]  # predict token t+1 from position t: (B, T-1)
-    target = (labels != -100).any(0).nonzero()
+    target = (labels != IGNORE_INDEX).any(0).nonzero()
     start = int(target[0]) if len(target) else labels.shape[1] - 1  # first position any row predicts
     labels = labels[:, start:]  # (B, k-1)
     k = labels.shape[1] + 1
@@ -81,8 +74,8 @@ def batch_loss(method: Method, batch: dict[str, Tensor], mode: str, dtype: torch
     B, V = logits.shape[0], logits.shape[-1]
     # flat cross-entropy: no transposed copy of the logits, no slow 2-D nll path
     logp = torch.nn.functional.cross_entropy(logits[:, :-1].float().reshape(-1, V), labels.reshape(-1),
-                                             ignore_index=-100, reduction="none").view(B, -1)  # (B, k-1)
-    n_tokens = int((labels != -100).sum())
+                                             ignore_index=IGNORE_INDEX, reduction="none").view(B, -1)  # (B, k-1)
+    n_tokens = int((labels != IGNORE_INDEX).sum())
     if mode == "sentence_sum":
         return logp.sum(1).mean(), n_tokens
     return logp.sum() / max(n_tokens, 1), n_tokens
@@ -97,8 +90,6 @@ def batches(n: int, batch_size: int, seed: int, epoch: int) -> list[list[int]]:
 @torch.no_grad()
 def dev_loss(method: Method, dev, pad_id: int, cfg: RunConfig, device, dtype) -> float:
     """Mean per-sentence loss on dev (same reduction as training, summed over batches exactly)."""
-    from .data import collate
-
     method.eval_mode()
     total, count = 0.0, 0
     for i in range(0, len(dev), cfg.train.batch_size):
@@ -151,7 +142,9 @@ def train(cfg: RunConfig, *, resume: bool = True, max_steps_this_call: int | Non
     torch.manual_seed(cfg.train.seed)
     random.seed(cfg.train.seed)
     tokenizer = load_tokenizer(cfg.model.name, cfg.data.dir)
-    train_set, dev_set = encode(cfg, tokenizer, train_ex), encode(cfg, tokenizer, dev_ex)
+    # (input_ids, labels) pairs: the original's training sequence, loss on the reference only
+    train_set = E2EDataset(train_ex, tokenizer, max_length=cfg.data.max_length)
+    dev_set = E2EDataset(dev_ex, tokenizer, max_length=cfg.data.max_length)
     model = load_model(cfg.model.name, revision=cfg.model.revision).to(device)
     method = build_method(cfg.method, model, tokenizer, seed=cfg.train.seed)
     if not train_set:
@@ -196,13 +189,11 @@ def train(cfg: RunConfig, *, resume: bool = True, max_steps_this_call: int | Non
             save_artifact(run, method, cfg)  # the best weights are the run's output
         method.train_mode(cfg.method.backbone_dropout)
 
-    from .data import collate
-
     log = open(run.log, "a", encoding="utf-8")
     log.write(json.dumps({"event": "start", "step": step, "precision": precision, "threads": threads,
                           "device": str(device), "cpu": describe_cpu() if device.type == "cpu" else None}) + "\n")
     bar = tqdm(total=total_steps, initial=step, desc=f"train {cfg.method.name}", unit="step", dynamic_ncols=True)
-    ran = 0
+    steps_this_call = 0
     method.train_mode(cfg.method.backbone_dropout)
     try:
         while step < total_steps:
@@ -228,7 +219,7 @@ def train(cfg: RunConfig, *, resume: bool = True, max_steps_this_call: int | Non
             scaler.update()
             sched.step()
             step += 1
-            ran += 1
+            steps_this_call += 1
             dt = time.perf_counter() - t0
             train_seconds += dt
             log.write(json.dumps({"step": step, "epoch": epoch, "loss": loss_sum, "lr": lr,
@@ -242,7 +233,7 @@ def train(cfg: RunConfig, *, resume: bool = True, max_steps_this_call: int | Non
                 evaluate({"epoch": epoch})
             if step % cfg.train.save_every == 0 or step == total_steps:
                 checkpoint()
-            if max_steps_this_call is not None and ran >= max_steps_this_call and step < total_steps:
+            if max_steps_this_call is not None and steps_this_call >= max_steps_this_call and step < total_steps:
                 checkpoint()
                 break
     finally:
