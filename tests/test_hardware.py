@@ -78,9 +78,6 @@ def test_auto_on_cuda_ignores_the_cpu(monkeypatch, cuda_bf16, cpu_native, want):
     assert resolve_precision("auto", torch.device("cuda", 1)) == want
 
 
-@pytest.mark.xfail(strict=True, reason="hardware.resolve_precision calls torch.cuda.is_bf16_supported() with its "
-                   "default including_emulation=True, which is True on pre-Ampere GPUs (V100, T4) that only "
-                   "emulate bf16; fix: is_bf16_supported(including_emulation=False)")
 def test_auto_on_cuda_with_emulated_bf16_is_fp16(monkeypatch):
     fake_cpu(monkeypatch, "AVX2")
     # torch's own logic for a compute-capability-7.x GPU: bf16 only "supported" when emulation counts
