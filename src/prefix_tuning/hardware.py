@@ -12,7 +12,6 @@ cores (taskset, cgroup CPU quotas in containers and CI). `available_cores()` rea
 
 from __future__ import annotations
 
-import contextlib
 import math
 import os
 import warnings
@@ -58,9 +57,7 @@ def resolve_precision(spec: str, device: torch.device) -> str:
     if spec not in PRECISIONS:
         raise ValueError(f"precision must be one of {', '.join(PRECISIONS)}, got {spec!r}")
     if device.type == "cuda":
-        # the GPU asked for, not the current one; emulated bf16 (V100, T4) is not native
-        with torch.cuda.device(device) if device.index is not None else contextlib.nullcontext():
-            native = torch.cuda.is_bf16_supported(including_emulation=False)
+        native = torch.cuda.is_bf16_supported(including_emulation=False)  # emulated bf16 (V100, T4) is not native
         if spec == "auto":
             return "bf16" if native else "fp16"
         return spec
