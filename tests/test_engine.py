@@ -16,7 +16,7 @@ from prefix_tuning.models import KVShape, build_tiny, load_tokenizer
 from prefix_tuning.serve_api import ids_to_text, newline_ids
 
 EOS = 50256
-MAX, MIN = 24, 3
+MAX, MIN = 16, 3
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -128,14 +128,15 @@ def test_one_prefix_at_a_time_same_outputs(setup, tok, tables):
 
 def test_seeded_sampling_does_not_depend_on_the_batch(setup, tok, tables):
     model, prefixes, _ = setup
-    tables = tables[:6]
+    tables = tables[:5]
     kw = {"temperature": 0.9, "top_p": 0.8, "seed": 11}
     mixed = requests(tok, tables, prefixes, **kw)
-    run_staggered(Engine(model, eos_id=EOS), mixed, [0, 0, 2, 3, 5, 9])
+    run_staggered(Engine(model, eos_id=EOS), mixed, [0, 0, 2, 3, 6])
     alone = [Engine(model, eos_id=EOS).generate([r])[0] for r in requests(tok, tables, prefixes, **kw)]
     assert alone == [r.tokens for r in mixed]
-    other = Engine(model, eos_id=EOS).generate(requests(tok, tables, prefixes, temperature=0.9, top_p=0.8, seed=12))
-    assert other != alone
+    other = Engine(model, eos_id=EOS).generate(requests(tok, tables[:1], prefixes, temperature=0.9, top_p=0.8,
+                                                        seed=12))
+    assert other[0] != alone[0]
 
 
 def test_cancel_stop_and_queue_limit(setup, tok, tables):

@@ -25,7 +25,7 @@ pytest.importorskip("uvicorn")
 httpx = pytest.importorskip("httpx")
 openai = pytest.importorskip("openai")
 
-from prefix_tuning.config import DecodeConfig
+from prefix_tuning.config import DecodeConfig, MethodConfig, ModelConfig, RunConfig, save_config
 from prefix_tuning.data import group_by_mr, linearize_mr, load_e2e
 from prefix_tuning.decode import decode
 from prefix_tuning.models import KVShape, build_tiny
@@ -237,6 +237,12 @@ def test_other_routes_errors(srv):
     assert httpx.get(srv.url + "/v1/completions").status_code == 405
     assert post(srv, {"path": "/no/such/run"}, "/v1/prefixes").status_code == 400
     assert post(srv, {"name": "p2", "path": srv.state.paths["p5"]}, "/v1/prefixes").status_code == 409
+    srv.state.prefix_updates = False
+    try:
+        assert post(srv, {"path": srv.state.paths["p5"], "name": "x"}, "/v1/prefixes").status_code == 403
+        assert httpx.delete(srv.url + "/v1/prefixes/p2").status_code == 403
+    finally:
+        srv.state.prefix_updates = True
     h = httpx.get(srv.url + "/health").json()
     assert h["status"] == "ok" and h["prefixes"] == 3 and h["running"] == 0
 
@@ -283,12 +289,15 @@ def test_queue_limit_429_and_disconnect_frees_slot(srv, tables):
     assert post(srv, {"model": "p2", "prompt": tables[0], "max_tokens": 4}).status_code == 200
 
 
-def test_graceful_shutdown_finishes_running_requests(srv):
-    state = load_state("tiny-gpt2", [srv.state.paths["p2"]], device="cpu", precision="fp32", threads=1,
-                       drain_s=20, step_sleep=0.01)
+def test_graceful_shutdown_finishes_running_requests(tmp_path):
+    run = make_runs(tmp_path, {"run7": 7}) / "run7"  # a prefix run dir as --model: its base model + its prefix
+    save_config(RunConfig(model=ModelConfig(name="tiny-gpt2"), method=MethodConfig(prefix_length=7)),
+                run / "config.yaml")
+    state = load_state(str(run), [], device="cpu", precision="fp32", threads=1, drain_s=20, step_sleep=0.01)
+    assert state.model_id == "tiny-gpt2" and list(state.prefixes) == ["run7"]
     server = Server(state)
     events = []
-    reader = threading.Thread(target=lambda: events.extend(sse(server, {**long_stream_body(60), "model": "p2"})))
+    reader = threading.Thread(target=lambda: events.extend(sse(server, {**long_stream_body(60), "model": "run7"})))
     reader.start()
     deadline = time.monotonic() + 10
     while not state.engine.rows:

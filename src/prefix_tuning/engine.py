@@ -65,7 +65,6 @@ class Request:
     tokens: list[int] = field(default_factory=list)  # generated, without EOS
     finish: str | None = None
     cancelled: bool = False
-    done: threading.Event = field(default_factory=threading.Event)
     generator: torch.Generator | None = None
 
 
@@ -125,6 +124,7 @@ class Engine:
         self.mask: Tensor | None = None  # (B, S)
         self.pos: Tensor | None = None  # (B,) position of each row's next token
         self.logits: Tensor | None = None  # (B, V) fp32, next-token logits
+        self._bans: dict[tuple[int, ...], Tensor] = {}  # banned ids -> (1, nb) index tensor on the device
         self.stats = {"steps": 0, "tokens": 0, "finished": 0, "cancelled": 0, "errors": 0, "peak_rows": 0}
         self.cond = threading.Condition()
         self.accepting = True
@@ -165,7 +165,6 @@ class Engine:
     def _finish(self, r: Request, reason: str) -> None:
         r.finish = reason
         self.stats[{"cancelled": "cancelled", "error": "errors"}.get(reason, "finished")] += 1
-        r.done.set()
         if r.on_done is not None:
             try:
                 r.on_done(reason)
@@ -271,7 +270,9 @@ class Engine:
             if r.banned_ids:
                 groups.setdefault(r.banned_ids, []).append(i)
         for ban, idx in groups.items():
-            logp[torch.tensor(idx)[:, None], torch.tensor(ban)[None, :]] = float("-inf")
+            if ban not in self._bans:
+                self._bans[ban] = torch.tensor(ban, device=self.device)[None, :]
+            logp[torch.tensor(idx, device=self.device)[:, None], self._bans[ban]] = float("-inf")
         early = [i for i, r in enumerate(self.rows) if len(r.tokens) < r.min_new_tokens]
         if early:
             logp[early, self.eos_id] = float("-inf")
@@ -367,7 +368,11 @@ class Engine:
                     self.cond.wait(0.5)
                 if self._stop and not self.waiting and not self.rows:
                     return
-            self.step()
+            try:
+                self.step()
+            except Exception:  # step() already fails the rows it cannot run; never let the thread die
+                log.exception("engine step failed")
+                time.sleep(0.1)
             if self.step_sleep:
                 time.sleep(self.step_sleep)
 

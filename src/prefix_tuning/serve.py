@@ -13,6 +13,8 @@ Endpoints (errors use OpenAI's shape `{"error": {"message", "type", "param", "co
 - `POST /v1/prefixes {"name": "p10", "path": "runs/p10", "replace": false}`: load a prefix while running (path:
   run dir or .safetensors file on the server; name defaults to the run dir's name). 201; 409 if the name is
   taken (unless replace); 400 if unreadable or made for another model. `DELETE /v1/prefixes/{name}`: 200.
+  Anyone who can reach the server can make it read such files: it listens on 127.0.0.1 unless --host says
+  otherwise, and --no-prefix-updates turns both endpoints off (403).
 - `POST /v1/completions`: `model` = a prefix name or the base model (no prefix); unknown -> 404 listing both.
   `prompt`: a string, a list of strings, token ids or lists of token ids. A string is a linearised table
   (`name : The Eagle | Type : pub`), wrapped as training did (`data.encode_prompt`: ' {table} ' + EOS).
@@ -41,13 +43,12 @@ import threading
 import time
 from contextlib import asynccontextmanager
 from pathlib import Path
-from types import SimpleNamespace
 
 import torch
 from torch import Tensor, nn
 
 from .engine import Engine, EngineClosed, QueueFull, Request
-from .serve_api import ApiError, Completion, error_body, parse_completion
+from .serve_api import ApiError, Completion, beam_completion, error_body, parse_completion
 
 log = logging.getLogger(__name__)
 
@@ -70,6 +71,7 @@ class ServerState:
     created: int = dataclasses.field(default_factory=lambda: int(time.time()))
     beam_lock: threading.Lock = dataclasses.field(default_factory=threading.Lock)
     beam_waiting: int = 0
+    prefix_updates: bool = True  # POST/DELETE /v1/prefixes allowed
 
     def add_prefix(self, name: str, path: str | Path, replace: bool = False) -> Tensor:
         from .models import KVShape
@@ -99,16 +101,22 @@ def prefix_file(path: Path) -> Path:
     return path / PREFIX_FILE if path.is_dir() else path
 
 
+def prefix_name(path: Path) -> str:
+    """A prefix's default name: its run dir's name (the file's stem for another .safetensors file)."""
+    from .prefix import PREFIX_FILE
+
+    return path.resolve().name if path.is_dir() else (path.parent.resolve().name if path.name == PREFIX_FILE
+                                                      else path.stem)
+
+
 def find_prefixes(paths: list[str]) -> list[tuple[str, Path]]:
     """(name, file) for each run dir, folder of run dirs, or prefix file; name = run dir (or file stem)."""
     from .prefix import PREFIX_FILE
 
     found = []
     for p in map(Path, paths):
-        if p.is_file():
-            found.append((p.parent.resolve().name if p.name == PREFIX_FILE else p.stem, p))
-        elif (p / PREFIX_FILE).is_file():
-            found.append((p.resolve().name, p / PREFIX_FILE))
+        if p.is_file() or (p / PREFIX_FILE).is_file():
+            found.append((prefix_name(p), prefix_file(p)))
         elif p.is_dir():
             subs = sorted(d for d in p.iterdir() if (d / PREFIX_FILE).is_file())
             if not subs:
@@ -211,14 +219,16 @@ def create_app(state: ServerState):
     @app.post("/v1/prefixes")
     async def add_prefix(request: HttpRequest):
         try:
+            if not state.prefix_updates:
+                raise ApiError(403, "prefix updates are off (--no-prefix-updates)", None, "forbidden")
             body = await _json(request)
             path, name = body.get("path"), body.get("name")
             if not isinstance(path, str) or not path:
                 raise ApiError(400, "'path' (a run dir or prefix.safetensors file on the server) is required", "path")
-            name = name or prefix_file(Path(path)).parent.resolve().name
+            name = name or prefix_name(Path(path))
             if not isinstance(name, str):
                 raise ApiError(400, "'name' must be a string", "name")
-            p = await asyncio.to_thread(state.add_prefix, name, path, bool(body.get("replace", False)))
+            p = await asyncio.to_thread(state.add_prefix, name, path, body.get("replace") is True)
         except ApiError as e:
             return _err(e)
         return JSONResponse({"id": name, "object": "model", "prefix_length": int(p.shape[-2]),
@@ -226,6 +236,8 @@ def create_app(state: ServerState):
 
     @app.delete("/v1/prefixes/{name}")
     async def delete_prefix(name: str):
+        if not state.prefix_updates:
+            return _err(ApiError(403, "prefix updates are off (--no-prefix-updates)", None, "forbidden"))
         if name not in state.prefixes:
             return _err(ApiError(404, f"no prefix named '{name}'; known: {sorted(state.prefixes)}", "name"))
         del state.prefixes[name], state.paths[name]  # running requests keep their own reference
@@ -236,7 +248,7 @@ def create_app(state: ServerState):
         try:
             job = parse_completion(await _json(request), state)
             if job.best_of > 1:
-                return await _beam(state, job)
+                return await beam_completion(state, job)
             reqs, queue = _engine_requests(state, job, asyncio.get_running_loop())
             try:
                 state.engine.submit(*reqs)
@@ -340,36 +352,6 @@ async def _stream(state, job: Completion, reqs: list[Request], queue: asyncio.Qu
                 state.engine.cancel(r)
 
 
-async def _beam(state: ServerState, job: Completion):
-    """best_of > 1: the paper's beam search via `decode.decode`, outside the continuous batch, one at a time."""
-    from .config import DecodeConfig
-    from .decode import decode
-
-    if state.beam_waiting >= state.engine.max_waiting:
-        raise ApiError(429, "too many beam requests waiting; retry later", None, "rate_limit_exceeded",
-                       "rate_limit_error")
-    cfg = DecodeConfig(beam_size=job.best_of, max_new_tokens=job.max_tokens, min_new_tokens=job.min_tokens,
-                       ban_newlines=job.ban_newlines, precision=state.precision, batch_size=len(job.tables))
-
-    def run() -> list[str]:
-        with state.beam_lock:
-            return decode(state.model, state.tokenizer, job.tables, job.prefix, cfg)
-
-    state.beam_waiting += 1
-    try:
-        texts = await asyncio.to_thread(run)
-    finally:
-        state.beam_waiting -= 1
-    choices, ids = [], []
-    for i, t in enumerate(texts):
-        text, cut = job.cut_stop(t)
-        ids.append(state.tokenizer(t, add_special_tokens=False)["input_ids"])
-        reason = "stop" if cut or len(ids[-1]) < job.max_tokens else "length"
-        choices.append({"index": i, "text": text, "logprobs": None, "finish_reason": reason})
-    reqs = [SimpleNamespace(prompt=p, tokens=g) for (p, _), g in zip(job.choices(), ids)]  # for usage
-    return job.response(choices, reqs)
-
-
 # ------------------------------------------------------------------------------------------------ CLI
 
 def _add_args(p: argparse.ArgumentParser) -> None:
@@ -392,6 +374,7 @@ def _add_args(p: argparse.ArgumentParser) -> None:
                    "says min_tokens (default 5, decode's)")
     p.add_argument("--drain-seconds", type=float, default=30.0, help="on SIGTERM, time running requests get to "
                    "finish before they are cancelled (default 30)")
+    p.add_argument("--no-prefix-updates", action="store_true", help="refuse POST/DELETE /v1/prefixes (403)")
     p.add_argument("--log-level", default="info", help="uvicorn log level (default info)")
 
 
@@ -408,6 +391,7 @@ def run_serve(args: argparse.Namespace) -> int:
     state = load_state(args.model, args.prefixes, device=args.device, precision=args.precision,
                        threads=args.threads, max_batch=args.max_batch, max_waiting=args.max_waiting,
                        max_tokens=args.max_tokens, min_tokens=args.min_tokens, drain_s=args.drain_seconds)
+    state.prefix_updates = not args.no_prefix_updates
     serve(state, args.host, args.port, log_level=args.log_level)
     return 0
 
@@ -432,9 +416,11 @@ def main(argv: list[str] | None = None) -> int:
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     _add_args(parser)
     args = parser.parse_args(argv)
+    from .models import ModelLoadError
+
     try:
         return run_serve(args)
-    except (FileNotFoundError, ValueError, ApiError) as e:
+    except (FileNotFoundError, ValueError, ApiError, ModelLoadError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
 

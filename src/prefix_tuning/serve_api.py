@@ -7,11 +7,13 @@ spaces, stripped, so a greedy completion equals `prefix_tuning.decode.decode`'s 
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 import json
 import time
 import uuid
 from collections.abc import Callable
+from types import SimpleNamespace
 
 from torch import Tensor
 
@@ -259,3 +261,33 @@ def parse_completion(body: dict, state) -> Completion:
     banned = tuple(sorted(set(newline_ids(state.tokenizer)) - {eos})) if ban else ()
     return Completion(model, prefix, prompts, tables, n, best_of, max_tokens, min_tokens, ban, banned, temperature,
                       top_p, seed, tuple(stop), stream, _bool(opts, "include_usage", False))
+
+
+async def beam_completion(state, job: Completion) -> dict:
+    """best_of > 1: the paper's beam search via `decode.decode`, outside the continuous batch, one at a time."""
+    from .config import DecodeConfig
+    from .decode import decode
+
+    if state.beam_waiting >= state.engine.max_waiting:
+        raise ApiError(429, "too many beam requests waiting; retry later", None, "rate_limit_exceeded",
+                       "rate_limit_error")
+    cfg = DecodeConfig(beam_size=job.best_of, max_new_tokens=job.max_tokens, min_new_tokens=job.min_tokens,
+                       ban_newlines=job.ban_newlines, precision=state.precision, batch_size=len(job.tables))
+
+    def run() -> list[str]:
+        with state.beam_lock:
+            return decode(state.model, state.tokenizer, job.tables, job.prefix, cfg)
+
+    state.beam_waiting += 1
+    try:
+        texts = await asyncio.to_thread(run)
+    finally:
+        state.beam_waiting -= 1
+    choices, ids = [], []
+    for i, t in enumerate(texts):
+        text, cut = job.cut_stop(t)
+        ids.append(state.tokenizer(t, add_special_tokens=False)["input_ids"])
+        reason = "stop" if cut or len(ids[-1]) < job.max_tokens else "length"
+        choices.append({"index": i, "text": text, "logprobs": None, "finish_reason": reason})
+    reqs = [SimpleNamespace(prompt=p, tokens=g) for (p, _), g in zip(job.choices(), ids)]  # for usage
+    return job.response(choices, reqs)
