@@ -388,11 +388,29 @@ def add_serve_parser(subparsers) -> argparse.ArgumentParser:
 
 
 def run_serve(args: argparse.Namespace) -> int:
-    state = load_state(args.model, args.prefixes, device=args.device, precision=args.precision,
-                       threads=args.threads, max_batch=args.max_batch, max_waiting=args.max_waiting,
-                       max_tokens=args.max_tokens, min_tokens=args.min_tokens, drain_s=args.drain_seconds)
+    """The `serve` command: load, serve until SIGTERM/SIGINT. Errors print one line and return 2."""
+    from .models import ModelLoadError
+
+    try:
+        import fastapi  # noqa: F401
+        import uvicorn  # noqa: F401
+    except ImportError as e:
+        print(f"error: serve needs FastAPI and uvicorn: pip install 'prefix-tuning[serve]' ({e})", file=sys.stderr)
+        return 2
+    try:
+        state = load_state(args.model, args.prefixes, device=args.device, precision=args.precision,
+                           threads=args.threads, max_batch=args.max_batch, max_waiting=args.max_waiting,
+                           max_tokens=args.max_tokens, min_tokens=args.min_tokens, drain_s=args.drain_seconds)
+    except (FileNotFoundError, ValueError, ApiError, ModelLoadError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
     state.prefix_updates = not args.no_prefix_updates
-    serve(state, args.host, args.port, log_level=args.log_level)
+    try:
+        sock = socket.create_server((args.host, args.port))
+    except OSError as e:
+        print(f"error: cannot listen on {args.host}:{args.port}: {e}", file=sys.stderr)
+        return 2
+    serve(state, args.host, args.port, log_level=args.log_level, sock=sock)
     return 0
 
 
@@ -415,14 +433,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m prefix_tuning.serve", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     _add_args(parser)
-    args = parser.parse_args(argv)
-    from .models import ModelLoadError
-
-    try:
-        return run_serve(args)
-    except (FileNotFoundError, ValueError, ApiError, ModelLoadError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
+    return run_serve(parser.parse_args(argv))
 
 
 if __name__ == "__main__":
