@@ -168,7 +168,9 @@ def run(kills: int, seed: int, work: Path, ref: Path | None = None, *, verbose: 
     while True:
         step = checkpoint_step(run_dir)
         window, at = None, None
-        if done < kills and done % 2 == 0:  # the n-th write of a file this attempt will make (always reached)
+        if step >= total:
+            pass  # killed after its last checkpoint: let it finish, check it, start a new round
+        elif done < kills and done % 2 == 0:  # the n-th write of a file this attempt will make (always reached)
             name, phase = WINDOWS[n_window % len(WINDOWS)]
             left = 1 if name == "config.yaml" else sum(s > step for s in writes[name])
             if left == 0:
@@ -194,7 +196,7 @@ def run(kills: int, seed: int, work: Path, ref: Path | None = None, *, verbose: 
         same_as_reference(run_dir, ref)
         if done >= kills:
             break
-        rounds += 1  # a random kill came after the run finished: start another
+        rounds += 1  # kills remain: another run
         run_dir = work / f"run{rounds}"
     return {"kills": done, "window_kills": n_window, "rounds": rounds, "attempts": log}
 
