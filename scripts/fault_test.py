@@ -37,10 +37,10 @@ import yaml
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "src"))
 
-from prefix_tuning import cli  # noqa: E402
-from prefix_tuning.checkpoint import load_checkpoint  # noqa: E402
-from prefix_tuning.config import load_config  # noqa: E402
-from prefix_tuning.prefix import load_prefix  # noqa: E402
+from prefix_tuning import cli
+from prefix_tuning.checkpoint import load_checkpoint
+from prefix_tuning.config import load_config
+from prefix_tuning.prefix import load_prefix
 
 # configs/tiny_prefix.yaml cut to 8 steps (checkpoints at 3, 6, 8; dev loss and prefix.safetensors at 4, 8)
 TRAIN = ["train", str(REPO / "configs" / "tiny_prefix.yaml"), "train.precision=fp32", "train.num_threads=1",

@@ -83,7 +83,7 @@ def remove_stale_temps(*folders: Path) -> None:
 
 def _split(obj: object, name: str, tensors: dict[str, Tensor]) -> object:
     """`obj` as JSON-able data, each tensor moved into `tensors` under its path `name`."""
-    sub = lambda k: f"{name}/{k}" if name else str(k)  # noqa: E731
+    sub = lambda k: f"{name}/{k}" if name else str(k)
     if isinstance(obj, Tensor):
         if name in tensors:
             raise ValueError(f"checkpoint: two tensors named {name!r}")
