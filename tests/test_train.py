@@ -122,19 +122,19 @@ def test_best_dev_checkpoint_kept(tmp_path, monkeypatch):
 
 
 def test_kill_while_saving_leaves_old_checkpoint(tmp_path, monkeypatch):
-    path = tmp_path / "last.pt"
-    checkpoint.atomic_torch_save({"step": 1}, path)
+    path = tmp_path / "last.safetensors"
+    checkpoint.save_checkpoint(path, {"step": 1})
 
-    def dying_save(obj, f):
+    def dying_save(tensors, f, metadata=None):
         Path(f).write_bytes(b"half a checkpoint")
         raise KeyboardInterrupt  # killed mid-write
 
-    monkeypatch.setattr(torch, "save", dying_save)
+    monkeypatch.setattr(checkpoint, "save_file", dying_save)
     with pytest.raises(KeyboardInterrupt):
-        checkpoint.atomic_torch_save({"step": 2}, path)
+        checkpoint.save_checkpoint(path, {"step": 2})
     monkeypatch.undo()
-    assert torch.load(path)["step"] == 1
-    assert [p.name for p in tmp_path.iterdir()] == ["last.pt"]
+    assert checkpoint.load_checkpoint(path)["step"] == 1
+    assert [p.name for p in tmp_path.iterdir()] == ["last.safetensors"]
 
 
 @pytest.mark.parametrize("mode", ["sentence_sum", "token_mean"])

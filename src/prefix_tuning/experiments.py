@@ -130,7 +130,7 @@ def plan(experiment: str, *, model: str = "gpt2-medium", quick: bool = False, se
 def run_one(run: Run, test_limit: int | None, out_dir: Path, keep_checkpoints: bool = False) -> dict:
     """train -> generate -> evaluate for one run, skipping whatever already finished."""
     from .decode import generate_run, output_paths
-    from .train import train
+    from .train import CKPT, train
 
     run_dir = Path(run.cfg.out_dir)
     done = run_dir / "result.json"
@@ -154,7 +154,7 @@ def run_one(run: Run, test_limit: int | None, out_dir: Path, keep_checkpoints: b
               "config": _resolved_config(run.cfg, res.precision, scores["decode"]["precision"])}
     _copy_outputs(run.name, Path(outputs), out_dir)
     if not keep_checkpoints:
-        (run_dir / "checkpoints" / "last.pt").unlink(missing_ok=True)
+        (run_dir / CKPT).unlink(missing_ok=True)
     from .checkpoint import atomic_path
 
     with atomic_path(done) as tmp:

@@ -165,11 +165,18 @@ def load_run(run_dir: str | Path, *, device: str | torch.device = "cpu") -> Load
         check_fits(prefix, KVShape.from_config(model.config), str(path))
         prefix = prefix.to(device)
     else:
+        from safetensors import SafetensorError
         from safetensors.torch import load_model as st_load
+
+        from .checkpoint import CorruptFileError, describe_unreadable
 
         path = run_dir / MODEL_FILE
         if not path.is_file():
             raise FileNotFoundError(f"{path} missing: training did not finish")
-        st_load(model, str(path))
+        try:
+            st_load(model, str(path))
+        except SafetensorError as e:
+            raise CorruptFileError(f"{path} {describe_unreadable(path, e)}; restore it from a copy, or delete it "
+                                   f"and train the run again with --no-resume") from None
     model.requires_grad_(False)
     return LoadedRun(cfg, model.to(device).eval(), tokenizer, prefix)

@@ -162,13 +162,19 @@ def save_prefix(prefix: Tensor, path: str | Path, *, base_model: str, extra: dic
 
 def load_prefix(path: str | Path) -> tuple[Tensor, dict]:
     """Read a `prefix.safetensors`; returns (prefix (L, 2, KV, P, D) fp32, metadata)."""
-    from safetensors import safe_open
+    from safetensors import SafetensorError, safe_open
 
-    with safe_open(str(path), framework="pt") as f:
-        meta = f.metadata() or {}
-        if "prefix" not in f.keys():
-            raise ValueError(f"{path}: no tensor named 'prefix' (found {list(f.keys())})")
-        prefix = f.get_tensor("prefix")
+    from .checkpoint import CorruptFileError, describe_unreadable
+
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            meta = f.metadata() or {}
+            if "prefix" not in f.keys():
+                raise ValueError(f"{path}: no tensor named 'prefix' (found {list(f.keys())})")
+            prefix = f.get_tensor("prefix")
+    except SafetensorError as e:
+        raise CorruptFileError(f"{path} {describe_unreadable(Path(path), e)}; restore it from a copy, or delete "
+                               f"it and train the run again with --no-resume") from None
     if prefix.dim() != 5 or prefix.shape[1] != 2:
         raise ValueError(f"{path}: prefix has shape {tuple(prefix.shape)}, expected (L, 2, KV, P, D)")
     return prefix.float(), meta
