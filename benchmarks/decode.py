@@ -4,8 +4,11 @@ What it measures (GitHub issue 3, item 6): the wall time to beam-decode the firs
 E2E test set (default 20; prompts from `prefix_tuning.data.encode_prompt`) in one batch, beam 5,
 `--max-new-tokens` (default 60 to keep the run short; the paper's setting is 100), EOS banned before 5
 new tokens, newline tokens banned, length penalty 1.0, early_stopping False, on a GPT-2-small-shaped model
-(`GPT2Config()` defaults: 12 layers, 768 wide, random weights seeded) with GPT-2's tokenizer, in fp32 and
-bf16 (`--precision`):
+(`GPT2Config()` defaults: 12 layers, 768 wide, random weights seeded) with GPT-2's tokenizer, on the CPU, in
+fp32 and, by default, bf16 only where the CPU computes it natively (AVX512-BF16 or AMX: `precision: auto`); on
+a CPU that emulates bf16 (AVX2-only) a line says it is skipped, and `--precision fp32,bf16` still runs it, with
+the warning. The first output line names the CPU's kernel level and bf16 support (`hardware.describe_cpu()`).
+Methods:
   - ours:  `prefix_tuning.decode.decode_ids` with a random prefix of length 5;
   - peft:  PEFT `PrefixTuningConfig(num_virtual_tokens=5)` on the same base model, its prefix passed
            explicitly: `peft_model.get_prompt(batch_size=B*beams)` as `cache=` to the base model's
@@ -24,7 +27,7 @@ shapes, and bf16 rounding can flip near-ties).
 Methods are interleaved and the sweep repeated `--rounds` times (best time kept), since the machine may be
 shared; `--threads` sets torch's CPU threads (default 1: no oversubscription on a busy 2-core machine).
 
-    python benchmarks/decode.py                      # 20 MRs, beam 5, 60 new tokens, fp32 + bf16
+    python benchmarks/decode.py                      # 20 MRs, beam 5, 60 new tokens, fp32 (+ bf16 if native)
     python benchmarks/decode.py --n 5 --precision bf16 --rounds 2
 """
 
@@ -36,6 +39,7 @@ import platform
 import shlex
 import sys
 import time
+import warnings
 from pathlib import Path
 
 import torch
@@ -47,6 +51,7 @@ from prefix_tuning.beam import SearchSettings, decode_ids  # noqa: E402
 from prefix_tuning.config import DecodeConfig  # noqa: E402
 from prefix_tuning.data import encode_prompt, group_by_mr, load_e2e  # noqa: E402
 from prefix_tuning.decode import newline_token_ids  # noqa: E402
+from prefix_tuning.hardware import describe_cpu, resolve_precision  # noqa: E402
 
 P = 5
 
@@ -66,6 +71,26 @@ def build(seed: int, precision: str):
         cache = peft_model.get_prompt(batch_size=1)
         prefix = torch.stack([torch.stack([layer.keys[0], layer.values[0]]) for layer in cache.layers])
     return peft_model.get_base_model(), peft_model, prefix
+
+
+def precisions_to_run(spec: str | None) -> tuple[list[str], list[str]]:
+    """(precisions, lines to print): by default fp32 plus bf16 where the CPU computes it natively; an explicit
+    bf16 on a CPU that emulates it runs, with `hardware.resolve_precision`'s warning."""
+    cpu = torch.device("cpu")
+    if spec is None:
+        if resolve_precision("auto", cpu) == "bf16":
+            return ["fp32", "bf16"], []
+        return ["fp32"], [("bf16 skipped: this CPU has no native bf16, torch emulates it (--precision fp32,bf16 "
+                           "forces it)")]
+    precisions = [x.strip() for x in spec.split(",") if x.strip()]
+    bad = [x for x in precisions if x not in ("fp32", "bf16")]
+    if bad:
+        raise SystemExit(f"unknown precision(s) {bad}: choose fp32, bf16")
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        for x in precisions:
+            resolve_precision(x, cpu)
+    return precisions, [f"warning: {w.message}" for w in caught]
 
 
 def left_pad(prompts: list[list[int]], pad: int, prefix_len: int = 0):
@@ -101,7 +126,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--n", type=int, default=20, help="unique E2E test MRs decoded, one batch (default 20)")
     ap.add_argument("--beam-size", type=int, default=5, help="beam width (default 5, Li & Liang)")
     ap.add_argument("--max-new-tokens", type=int, default=60, help="new tokens (default 60; paper 100)")
-    ap.add_argument("--precision", default="fp32,bf16", help="comma list of fp32, bf16 (default both)")
+    ap.add_argument("--precision", default=None, help="comma list of fp32, bf16 (default: fp32, and bf16 where "
+                    "the CPU computes it natively)")
     ap.add_argument("--methods", default="ours,peft,plain", help="comma list (default ours,peft,plain)")
     ap.add_argument("--rounds", type=int, default=1, help="repeat the sweep, keep the best time (default 1)")
     ap.add_argument("--threads", type=int, default=1, help="torch CPU threads (default 1)")
@@ -112,6 +138,10 @@ def main(argv: list[str] | None = None) -> int:
                          "hypotheses end at varied lengths like a trained model's; default 0: they never end")
     ap.add_argument("--no-bug-check", action="store_true", help="skip the PEFT generate() bug line")
     args = ap.parse_args(argv)
+    print(f"# {describe_cpu()}", flush=True)
+    precisions, notes = precisions_to_run(args.precision)
+    for line in notes:
+        print(f"# {line}", flush=True)
     torch.set_num_threads(args.threads)
     from transformers import GPT2TokenizerFast
 
@@ -129,7 +159,7 @@ def main(argv: list[str] | None = None) -> int:
     times: dict[tuple[str, str], float] = {}
     outs: dict[tuple[str, str], list[list[int]]] = {}
     bug_line = None
-    for precision in args.precision.split(","):
+    for precision in precisions:
         base, peft_model, prefix = build(args.seed, precision)
         if args.eos_bias:
             def bias_eos(module, inputs, out, b=args.eos_bias):
@@ -173,7 +203,7 @@ def main(argv: list[str] | None = None) -> int:
           f" (eos bias {args.eos_bias})")
     print("\n| method | precision | seconds | s/MR | vs PEFT | outputs == PEFT |")
     print("|---|---|---|---|---|---|")
-    for precision in args.precision.split(","):
+    for precision in precisions:
         ref = times.get(("peft", precision))
         for m in methods:
             t = times[m, precision]

@@ -7,7 +7,11 @@ clipping (max norm 1.0, as `train.train` does) and AdamW step -- for
   - finetune: `build_method(MethodConfig(name='finetune'))` + `train.batch_loss`;
 on a GPT-2-small-shaped model (`GPT2Config()` defaults: 12 layers, 768 wide, random seeded weights, the
 same weights for every method) and a batch of 10 x 72 random token ids whose first half is masked with -100
-in the labels (like the table part of an E2E example), in fp32 and bf16 autocast.
+in the labels (like the table part of an E2E example), in fp32 and the device's native low precision (autocast):
+bf16 on CPUs with AVX512-BF16 or AMX and on CUDA with bf16, fp16 on CUDA without bf16. On a CPU without native
+bf16 (AVX2-only) torch emulates bf16 at a fraction of fp32's speed, so by default only fp32 runs there (a line
+says so); `--precision fp32,bf16` still measures it, with the warning. The first output line names the CPU's
+kernel level and bf16 support (`hardware.describe_cpu()`).
 
 Fairness: every method's loss is `train.batch_loss(..., 'sentence_sum')` (PEFT's logits go through it via a
 small adapter instead of PEFT's own HF token-mean loss), so all three run the same loss code. The backbone's
@@ -26,7 +30,7 @@ training step, i.e. what training adds on top of the loaded model (activations, 
 the absolute peak RSS is shown too. tracemalloc cannot see torch's allocations. On CUDA:
 `torch.cuda.max_memory_allocated` minus the memory allocated before the first step (and the absolute peak).
 
-    python benchmarks/train_step.py           # fp32 and bf16, warmup 2, steps 5, 2 rounds, 1 thread
+    python benchmarks/train_step.py           # fp32 + native low precision, warmup 2, steps 5, 2 rounds, 1 thread
     python benchmarks/train_step.py --precision bf16 --steps 10 --rounds 3 --threads 2
 """
 
@@ -42,9 +46,11 @@ import statistics
 import subprocess
 import sys
 import time
+import warnings
 
 METHODS = ("ours", "peft", "finetune")
 LR = {"ours": 8e-5, "peft": 8e-5, "finetune": 5e-5}  # paper appendix (irrelevant to speed)
+PRECISIONS = ("fp32", "bf16", "fp16")
 
 
 def rss_mb() -> float:
@@ -104,7 +110,7 @@ def worker(a: argparse.Namespace) -> dict:
 
     torch.set_num_threads(a.threads)
     dev = torch.device(a.device)
-    dtype = {"fp32": None, "bf16": torch.bfloat16}[a.worker_precision]
+    dtype = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}[a.worker_precision]
     torch.manual_seed(a.seed)
     model = GPT2LMHeadModel(GPT2Config()).to(dev)
     g = torch.Generator().manual_seed(a.seed + 1)
@@ -116,14 +122,17 @@ def worker(a: argparse.Namespace) -> dict:
     opt = torch.optim.AdamW(params, lr=LR[a.worker_method], weight_decay=0.0)
     cuda = dev.type == "cuda"
     sync = torch.cuda.synchronize if cuda else (lambda: None)
+    scaler = torch.amp.GradScaler(dev.type, enabled=dtype == torch.float16 and cuda)  # as train.train does
 
     def step() -> float:
         opt.zero_grad(set_to_none=True)
         with torch.autocast(dev.type, dtype=dtype, enabled=dtype is not None):
             loss, _ = batch_loss(meth, batch, "sentence_sum", dtype)
-        loss.backward()
+        scaler.scale(loss).backward()
+        scaler.unscale_(opt)
         torch.nn.utils.clip_grad_norm_(params, 1.0)
-        opt.step()
+        scaler.step(opt)
+        scaler.update()
         return float(loss.detach())
 
     if cuda:
@@ -160,6 +169,31 @@ def run_worker(method: str, precision: str, a: argparse.Namespace) -> dict:
     return json.loads(lines[-1][len("RESULT "):])
 
 
+def default_precisions(device: str) -> tuple[list[str], str | None]:
+    """fp32 plus the device's native low precision (`precision: auto`), and a note when bf16 is skipped."""
+    import torch
+
+    from prefix_tuning.hardware import resolve_precision
+
+    low = resolve_precision("auto", torch.device(device))
+    if low != "fp32":
+        return ["fp32", low], None
+    return ["fp32"], "bf16 skipped: this CPU has no native bf16, torch emulates it (--precision fp32,bf16 forces it)"
+
+
+def check_precisions(precisions: list[str], device: str) -> list[str]:
+    """The warnings `hardware.resolve_precision` gives for explicitly asked precisions (bf16 on an emulating CPU)."""
+    import torch
+
+    from prefix_tuning.hardware import resolve_precision
+
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        for prec in precisions:
+            resolve_precision(prec, torch.device(device))
+    return [f"warning: {w.message}" for w in caught]
+
+
 def versions() -> str:
     import peft
     import torch
@@ -176,7 +210,9 @@ def main() -> None:
     p.add_argument("--warmup", type=int, default=2, help="untimed steps first (>= 1)")
     p.add_argument("--rounds", type=int, default=2, help="repeat the interleaved sweep (step times pooled)")
     p.add_argument("--threads", type=int, default=1, help="torch threads (under load 1 can beat 2)")
-    p.add_argument("--precision", default="fp32,bf16", help="comma list of fp32, bf16")
+    p.add_argument("--precision", default=None, help="comma list of fp32, bf16, fp16 (default: fp32 and the "
+                   "device's native low precision: bf16 on CPUs with AVX512-BF16/AMX and CUDA with bf16, fp16 on "
+                   "CUDA without; fp32 only on a CPU that emulates bf16)")
     p.add_argument("--methods", default=",".join(METHODS), help="comma list of " + ", ".join(METHODS))
     p.add_argument("--device", default="cpu", help="cpu, cuda, cuda:1, ...")
     p.add_argument("--batch", type=int, default=10)
@@ -190,14 +226,23 @@ def main() -> None:
         print("RESULT " + json.dumps(worker(a)), flush=True)
         return
 
-    precisions = [x.strip() for x in a.precision.split(",") if x.strip()]
+    from prefix_tuning.hardware import describe_cpu
+
+    print(describe_cpu(), flush=True)
+    note = None
+    if a.precision is None:
+        precisions, note = default_precisions(a.device)
+    else:
+        precisions = [x.strip() for x in a.precision.split(",") if x.strip()]
     methods = [x.strip() for x in a.methods.split(",") if x.strip()]
-    bad = [x for x in precisions if x not in ("fp32", "bf16")] + [x for x in methods if x not in METHODS]
+    bad = [x for x in precisions if x not in PRECISIONS] + [x for x in methods if x not in METHODS]
     if bad:
         p.error(f"unknown precision/method: {bad}")
     cuda = a.device.startswith("cuda")
     print("$ " + shlex.join([os.path.relpath(sys.executable), *sys.argv]))
     print(versions())
+    for line in ([note] if note else []) + check_precisions(precisions, a.device):
+        print(line)
     print(f"device {a.device}, {a.threads} thread(s), batch {a.batch}x{a.length}, warmup {a.warmup}, "
           f"steps {a.steps}, rounds {a.rounds}; load average at start {os.getloadavg()[0]:.2f}\n", flush=True)
 

@@ -98,29 +98,43 @@ def test_finetune_top_trains_only_top_blocks(tmp_path):
     assert changed and all(k.startswith("transformer.h.1.") for k in changed)
 
 
-def test_best_dev_checkpoint_kept(tmp_path):
-    res = train(_cfg(tmp_path, "train.epochs=2"))
+def test_best_dev_checkpoint_kept(tmp_path, monkeypatch):
+    """prefix.safetensors holds the prefix of the eval with the lowest dev loss, not the last or the first one.
+
+    The dev loss is evaluated after every step; the losses are scripted (best at the 2nd of 4 evals) and the
+    collapsed prefix is recorded at each eval, so the kept weights can be compared with the best step's."""
+    import prefix_tuning.train as tr
+
+    scripted, snapshots, real_dev_loss = [3.0, 1.0, 2.0, 4.0], [], tr.dev_loss
+
+    def recording_dev_loss(method, dev, pad_id, cfg, device, dtype):
+        real_dev_loss(method, dev, pad_id, cfg, device, dtype)  # the real eval (eval mode) before the snapshot
+        snapshots.append(method.encoder.collapse().detach().clone())
+        return scripted[len(snapshots) - 1]
+
+    monkeypatch.setattr(tr, "dev_loss", recording_dev_loss)
+    res = train(_cfg(tmp_path, "train.max_steps=4", "train.eval_every_epoch=false", "train.eval_steps=1"))
     rows = [json.loads(x) for x in (res.run_dir / "log.jsonl").read_text().splitlines()]
-    devs = [r["dev_loss"] for r in rows if "dev_loss" in r]
-    assert len(devs) == 2 and res.best_dev_loss == min(devs)
-    saved = yaml_cfg = (res.run_dir / "config.yaml").read_text()
-    assert "tiny-gpt2" in saved and yaml_cfg
+    assert [r["dev_loss"] for r in rows if "dev_loss" in r] == scripted and res.best_dev_loss == 1.0
+    assert len(snapshots) == 4 and not torch.equal(snapshots[1], snapshots[3])  # training moved the prefix
+    assert not torch.equal(snapshots[1], snapshots[0])
+    assert torch.equal(_prefix(res.run_dir), snapshots[1])
 
 
 def test_kill_while_saving_leaves_old_checkpoint(tmp_path, monkeypatch):
-    path = tmp_path / "last.pt"
-    checkpoint.atomic_torch_save({"step": 1}, path)
+    path = tmp_path / "last.safetensors"
+    checkpoint.save_checkpoint(path, {"step": 1})
 
-    def dying_save(obj, f):
+    def dying_save(tensors, f, metadata=None):
         Path(f).write_bytes(b"half a checkpoint")
         raise KeyboardInterrupt  # killed mid-write
 
-    monkeypatch.setattr(torch, "save", dying_save)
+    monkeypatch.setattr(checkpoint, "save_file", dying_save)
     with pytest.raises(KeyboardInterrupt):
-        checkpoint.atomic_torch_save({"step": 2}, path)
+        checkpoint.save_checkpoint(path, {"step": 2})
     monkeypatch.undo()
-    assert torch.load(path)["step"] == 1
-    assert [p.name for p in tmp_path.iterdir()] == ["last.pt"]
+    assert checkpoint.load_checkpoint(path)["step"] == 1
+    assert [p.name for p in tmp_path.iterdir()] == ["last.safetensors"]
 
 
 @pytest.mark.parametrize("mode", ["sentence_sum", "token_mean"])

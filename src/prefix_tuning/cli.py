@@ -17,6 +17,7 @@ from pathlib import Path
 import yaml
 
 from . import __version__, experiments
+from .checkpoint import CorruptFileError, DiskFullError
 from .config import ConfigError, DecodeConfig, load_config, to_dict
 from .e2e import DataError
 from .generate import generate_runs
@@ -30,9 +31,10 @@ TRAIN_HELP = """\
 Train a run described by a YAML config; every field can be overridden as key=value
 (e.g. train.lr=1e-4 method.prefix_length=10 out_dir=runs/p10). An unknown key fails and lists the valid
 ones. The run dir (out_dir) receives config.yaml (the resolved config), log.jsonl (step, loss, lr,
-tokens/s; dev loss per epoch), checkpoints/last.pt (resumable), and the result: prefix.safetensors (prefix
-runs: one fp32 tensor `prefix` of shape (layers, 2, kv_heads, P, head_dim)) or model.safetensors.
-Re-running the same command resumes from the last checkpoint (--no-resume starts over).
+tokens/s; dev loss per epoch), checkpoints/last.safetensors (resumable; tensors + JSON, no pickle), and the
+result: prefix.safetensors (prefix runs: one fp32 tensor `prefix` of shape (layers, 2, kv_heads, P,
+head_dim)) or model.safetensors. Re-running the same command resumes from the last checkpoint, also after a
+kill -9 (--no-resume starts over); a damaged checkpoint is refused with the file and what to do.
 
 Configs shipped in configs/: e2e_prefix_gpt2-medium.yaml, e2e_finetune_gpt2-medium.yaml (the paper's E2E
 runs), tiny_*.yaml (seconds on a CPU). Use --print-config to see every key with its resolved value."""
@@ -239,7 +241,8 @@ def main(argv: list[str] | None = None) -> int:
         args.config = None
     try:
         return int(args.func(args) or 0)
-    except (ConfigError, DataError, EvalInputError, ModelLoadError, FileNotFoundError) as e:
+    except (ConfigError, DataError, EvalInputError, ModelLoadError, FileNotFoundError, CorruptFileError,
+            DiskFullError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:

@@ -38,7 +38,7 @@ def cpu_has_native_bf16() -> bool:
     if not cpu_capability().startswith("AVX512"):
         return False
     isa = os.environ.get("ONEDNN_MAX_CPU_ISA", "ALL").upper()
-    if isa not in ("ALL", "") and "BF16" not in isa and "AMX" not in isa:
+    if isa not in ("ALL", "") and not any(x in isa for x in ("BF16", "AMX", "FP16", "AVX10")):
         return False
     return bool(torch.cpu._is_avx512_bf16_supported() or torch.cpu._is_amx_tile_supported())
 
@@ -57,7 +57,7 @@ def resolve_precision(spec: str, device: torch.device) -> str:
     if spec not in PRECISIONS:
         raise ValueError(f"precision must be one of {', '.join(PRECISIONS)}, got {spec!r}")
     if device.type == "cuda":
-        native = torch.cuda.is_bf16_supported()
+        native = torch.cuda.is_bf16_supported(including_emulation=False)  # emulated bf16 (V100, T4) is not native
         if spec == "auto":
             return "bf16" if native else "fp16"
         return spec

@@ -21,13 +21,13 @@ import json
 from collections.abc import Sequence
 from pathlib import Path
 
+import safetensors.torch
 import torch
-from safetensors import safe_open
-from safetensors.torch import save_file
+from safetensors import SafetensorError, safe_open
 from torch import Tensor, nn
 from transformers import DynamicCache
 
-from .checkpoint import atomic_path
+from .checkpoint import CorruptFileError, atomic_path, describe_unreadable
 from .models import KVShape
 
 
@@ -186,16 +186,21 @@ def save_prefix(prefix: Tensor, path: str | Path, *, base_model: str, extra: dic
     meta = {"base_model": base_model, "format": "prefix-tuning/v1", "shape": "L,2,KV,P,D"}
     meta.update({k: json.dumps(v) if not isinstance(v, str) else v for k, v in (extra or {}).items()})
     with atomic_path(Path(path)) as tmp:
-        save_file({"prefix": prefix.detach().float().contiguous().cpu()}, str(tmp), metadata=meta)
+        # through the module, so that a test can make this write fail (disk full)
+        safetensors.torch.save_file({"prefix": prefix.detach().float().contiguous().cpu()}, str(tmp), metadata=meta)
 
 
 def load_prefix(path: str | Path) -> tuple[Tensor, dict]:
     """Read a `prefix.safetensors`; returns (prefix (L, 2, KV, P, D) fp32, metadata)."""
-    with safe_open(str(path), framework="pt") as f:
-        meta = f.metadata() or {}
-        if "prefix" not in f.keys():
-            raise ValueError(f"{path}: no tensor named 'prefix' (found {list(f.keys())})")
-        prefix = f.get_tensor("prefix")
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            meta = f.metadata() or {}
+            if "prefix" not in f.keys():
+                raise ValueError(f"{path}: no tensor named 'prefix' (found {list(f.keys())})")
+            prefix = f.get_tensor("prefix")
+    except SafetensorError as e:
+        raise CorruptFileError(f"{path} {describe_unreadable(Path(path), e)}; restore it from a copy, or delete "
+                               f"it and train the run again with --no-resume") from None
     if prefix.dim() != 5 or prefix.shape[1] != 2:
         raise ValueError(f"{path}: prefix has shape {tuple(prefix.shape)}, expected (L, 2, KV, P, D)")
     return prefix.float(), meta

@@ -3,7 +3,7 @@
     RUN_DIR/
       config.yaml               the resolved config: enough to rebuild the model and decode (litgpt's habit)
       log.jsonl                 training log (step, loss, lr, tokens/s; dev loss per epoch)
-      checkpoints/last.pt       resumable training state (written and read by `train`)
+      checkpoints/last.safetensors  resumable training state (written and read by `train`)
       prefix.safetensors        the artifact of a prefix run: only the collapsed prefix (paper §4.3)
       model.safetensors         ... or of a fine-tuning run: the whole model
       outputs-NAME.txt          `generate` of split (or MR file) NAME: one output per unique MR,
@@ -23,11 +23,12 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
+from safetensors import SafetensorError
 from safetensors.torch import load_model as load_safetensors
 from safetensors.torch import save_model as save_safetensors
 from torch import Tensor, nn
 
-from .checkpoint import atomic_path
+from .checkpoint import CorruptFileError, atomic_path, describe_unreadable
 from .config import RunConfig, load_config
 from .methods import Method
 from .models import KVShape, load_model, load_tokenizer
@@ -62,7 +63,7 @@ class RunDir:
 
     @property
     def checkpoint(self) -> Path:
-        return self.path / "checkpoints" / "last.pt"
+        return self.path / "checkpoints" / "last.safetensors"
 
     @property
     def prefix(self) -> Path:
@@ -138,7 +139,11 @@ def load_run(run_dir: str | Path, *, device: str | torch.device = "cpu") -> Load
     else:
         if not run.model.is_file():
             raise FileNotFoundError(f"{run.model} missing: training did not finish")
-        load_safetensors(model, str(run.model))
+        try:
+            load_safetensors(model, str(run.model))
+        except SafetensorError as e:
+            raise CorruptFileError(f"{run.model} {describe_unreadable(run.model, e)}; restore it from a copy, or "
+                                   f"delete it and train the run again with --no-resume") from None
     model.requires_grad_(False)
     return LoadedRun(cfg, model.to(device).eval(), tokenizer, prefix)
 

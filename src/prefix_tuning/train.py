@@ -12,6 +12,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
+import os
 import random
 import sys
 import time
@@ -22,7 +23,7 @@ import torch
 from torch import Tensor
 from tqdm.auto import tqdm
 
-from .checkpoint import atomic_torch_save
+from .checkpoint import RESTART, CorruptFileError, load_checkpoint, remove_stale_temps, save_checkpoint
 from .config import RunConfig, save_config
 from .data import IGNORE_INDEX, E2EDataset, collate, load_e2e, low_data_split
 from .hardware import describe_cpu, dtype_of, resolve_precision, set_threads
@@ -162,20 +163,29 @@ def train(cfg: RunConfig, *, resume: bool = True, max_steps_this_call: int | Non
 
     step, best, train_seconds = 0, None, 0.0
     ckpt_path = run.checkpoint
+    remove_stale_temps(run.path, ckpt_path.parent)  # left by writes that a kill cut short
     if resume and ckpt_path.is_file():
-        ck = torch.load(ckpt_path, map_location=device, weights_only=False)
+        ck = load_checkpoint(ckpt_path)
         method.load_trainable_state(ck["trainable"])
         opt.load_state_dict(ck["optimizer"])
         sched.load_state_dict(ck["scheduler"])
         step, best, train_seconds = ck["step"], ck["best_dev_loss"], ck["train_seconds"]
         _set_rng_state(ck["rng"])
+        if run.log.is_file() and run.log.stat().st_size > ck["log_bytes"]:
+            os.truncate(run.log, ck["log_bytes"])  # lines after the checkpoint: the resumed run writes them again
+    elif resume and (old := run.path / "checkpoints" / "last.pt").is_file():
+        raise CorruptFileError(f"{old} is an older prefix-tuning's pickle checkpoint, not loaded (unpickling can run "
+                               f"arbitrary code); {RESTART}")
     elif run.log.exists():
         run.log.unlink()  # a fresh run: the old log would mix two runs
 
     def checkpoint() -> None:
-        atomic_torch_save({"trainable": method.trainable_state(), "optimizer": opt.state_dict(),
-                           "scheduler": sched.state_dict(), "step": step, "best_dev_loss": best,
-                           "train_seconds": train_seconds, "rng": _rng_state()}, ckpt_path)
+        log.flush()  # the log up to this step is on disk, and its length is in the checkpoint
+        os.fsync(log.fileno())
+        save_checkpoint(ckpt_path, {"trainable": method.trainable_state(), "optimizer": opt.state_dict(),
+                                    "scheduler": sched.state_dict(), "step": step, "best_dev_loss": best,
+                                    "train_seconds": train_seconds, "rng": _rng_state(),
+                                    "log_bytes": os.fstat(log.fileno()).st_size})
 
     def evaluate(tag: dict) -> None:
         nonlocal best
