@@ -29,7 +29,7 @@ import warnings
 import zipfile
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Sequence
+from typing import Literal, Sequence, get_args
 
 log = logging.getLogger(__name__)
 
@@ -40,7 +40,11 @@ E2E_SHA256 = "1261064c01907af27e8cc39e0a29a81541f6ab69208c1cbfc1be95afbb49dfac"
 ZIP_NAME = "e2e-dataset.zip"
 
 SPLITS = ("train", "dev", "test")
-VARIANTS = ("official", "cleaned")
+# The reader's options, defined once: `load_e2e` checks them and the config's field types are these Literals.
+Variant = Literal["official", "cleaned"]
+OnError = Literal["raise", "skip"]
+RefStyle = Literal["raw", "tokenized"]
+VARIANTS: tuple[str, ...] = get_args(Variant)
 _OFFICIAL_FILES = {"train": "trainset.csv", "dev": "devset.csv", "test": "testset_w_refs.csv"}
 _CLEANED_FILES = {"train": "train-fixed.no-ol.csv", "dev": "devel-fixed.no-ol.csv", "test": "test-fixed.csv"}
 
@@ -367,9 +371,9 @@ def load_e2e(split: str, *, variant: str = "official", data_dir=None, on_error: 
         raise ValueError(f"split must be one of {SPLITS}, got {split!r}")
     if variant not in VARIANTS:
         raise ValueError(f"variant must be one of {VARIANTS}, got {variant!r}")
-    if on_error not in ("raise", "skip"):
+    if on_error not in get_args(OnError):
         raise ValueError(f"on_error must be 'raise' or 'skip', got {on_error!r}")
-    if ref_style not in ("raw", "tokenized"):
+    if ref_style not in get_args(RefStyle):
         raise ValueError(f"ref_style must be 'raw' or 'tokenized', got {ref_style!r}")
     if variant == "official":
         name, raw = _read_official(resolve_data_dir(data_dir), split)
