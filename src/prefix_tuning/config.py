@@ -177,6 +177,20 @@ _MERGE = "tag:yaml.org,2002:merge"
 _YAML_FAILURES = (yaml.YAMLError, RecursionError, ValueError, TypeError, AttributeError, OverflowError)
 
 
+def _show(value: Any, limit: int = 80) -> str:
+    """repr of a value for messages, cut when long; an int too long for repr (over 4300 digits) by its size."""
+    try:
+        text = repr(value)
+    except ValueError:
+        return f"<an integer of {value.bit_length()} bits>"
+    return text if len(text) <= limit else text[:limit - 3] + "..."
+
+
+def _name(key: Any) -> str:
+    """A YAML mapping key as text (YAML keys may be numbers, null, dates, ...)."""
+    return key if isinstance(key, str) else _show(key)
+
+
 def _describe(typ: Any) -> str:
     """What a field type accepts, in words for messages: `an integer or null`, `one of raw, tokenized`."""
     if get_origin(typ) in (Union, types.UnionType):
@@ -200,8 +214,10 @@ def _accept(value: Any, typ: Any) -> Any:
         return value if isinstance(value, typ) else _NO
     if isinstance(value, bool) or value is None:  # true/false is neither a number nor a string here
         return _NO
-    if typ is int:
-        return int(value) if isinstance(value, int) or (isinstance(value, float) and value.is_integer()) else _NO
+    if typ is int:  # 64-bit: every count and seed fits, and YAML can write it back (not over 4300 digits)
+        if isinstance(value, float) and value.is_integer():
+            value = int(value)
+        return value if isinstance(value, int) and abs(value) < 2**63 else _NO
     if typ is float:
         try:
             number = float(value) if isinstance(value, (int, float, str)) else math.nan
@@ -209,7 +225,7 @@ def _accept(value: Any, typ: Any) -> Any:
             number = math.nan
         return number if math.isfinite(number) else _NO
     if typ is str:
-        return str(value) if isinstance(value, (str, int, float)) else _NO
+        return str(value) if isinstance(value, str | float) or (isinstance(value, int) and abs(value) < 2**63) else _NO
     raise TypeError(f"config field type {typ!r} is not supported by _accept")
 
 
@@ -220,15 +236,17 @@ def _coerce(value: Any, typ: Any, key: str) -> Any:
         return out
     if value is None:
         raise ConfigError(f"{key}: null is not allowed; expected {_describe(typ)}", (key,))
+    if type(value) is int and (typ is int or int in get_args(typ)):
+        raise ConfigError(f"{key}: {_show(value)} is too large; expected {_describe(typ)} below 2**63", (key,))
     if get_origin(typ) is Literal:
-        raise ConfigError(f"{key}: {value!r} is not one of {', '.join(map(str, get_args(typ)))}", (key,))
-    raise ConfigError(f"{key}: expected {_describe(typ)}, got {value!r}", (key,))
+        raise ConfigError(f"{key}: {_show(value)} is not one of {', '.join(map(str, get_args(typ)))}", (key,))
+    raise ConfigError(f"{key}: expected {_describe(typ)}, got {_show(value)}", (key,))
 
 
 def _unknown(key: str, valid: list[str]) -> ConfigError:
     close = difflib.get_close_matches(key.rsplit(".", 1)[-1], [v.rsplit(".", 1)[-1] for v in valid], n=1)
     hint = f" Did you mean '{close[0]}'?" if close else ""
-    return ConfigError(f"unknown config key '{key}'.{hint} Valid keys: {', '.join(valid)}", (key,))
+    return ConfigError(f"unknown config key {_show(key, 200)}.{hint} Valid keys: {', '.join(valid)}", (key,))
 
 
 def _build(cls: type, data: dict[str, Any], prefix: str) -> Any:
@@ -236,11 +254,11 @@ def _build(cls: type, data: dict[str, Any], prefix: str) -> Any:
     names = [f.name for f in fields(cls)]
     if not isinstance(data, dict):
         where = prefix.rstrip(".")
-        raise ConfigError(f"{where or 'config'}: expected a mapping, got {data!r}", (where,) if where else ())
+        raise ConfigError(f"{where or 'config'}: expected a mapping, got {_show(data)}", (where,) if where else ())
     kwargs = {}
     for key, value in data.items():
         if key not in names:
-            raise _unknown(prefix + str(key), [prefix + n for n in names])
+            raise _unknown(prefix + _name(key), [prefix + n for n in names])
         typ = hints[key]
         if dataclasses.is_dataclass(typ):
             kwargs[key] = _build(typ, {} if value is None else value, prefix + key + ".")
@@ -281,14 +299,14 @@ def apply_overrides(data: dict[str, Any], overrides: list[str]) -> dict[str, Any
     data = {k: (dict(v) if isinstance(v, dict) else v) for k, v in data.items()}
     for item in overrides:
         if "=" not in item:
-            raise ConfigError(f"override '{item}' is not of the form key=value (e.g. train.lr=1e-4)")
+            raise ConfigError(f"override {_show(item, 200)} is not of the form key=value (e.g. train.lr=1e-4)")
         key, raw = _override_key(item), item.split("=", 1)[1]
         if key not in valid:
             raise _unknown(key, valid)
         try:
             value = yaml.safe_load(raw) if raw.strip() else None
         except _YAML_FAILURES as e:
-            raise ConfigError(f"override '{item}': the value is not valid YAML ({_yaml_problem(e)}); "
+            raise ConfigError(f"override {_show(item, 200)}: the value is not valid YAML ({_yaml_problem(e)}); "
                               "expected e.g. train.lr=1e-4 or model.name='a b'", (key,)) from None
         node = data
         *parents, leaf = key.split(".")
@@ -297,7 +315,7 @@ def apply_overrides(data: dict[str, Any], overrides: list[str]) -> dict[str, Any
             if node.get(p) is None:
                 node[p] = {}
             elif not isinstance(node[p], dict):
-                raise ConfigError(f"{section}: expected a mapping, got {node[p]!r}", (section,))
+                raise ConfigError(f"{section}: expected a mapping, got {_show(node[p])}", (section,))
             node = node[p]
         node[leaf] = value
     return data
@@ -338,7 +356,7 @@ def _key_lines(loader: yaml.SafeLoader, root: yaml.Node, p: Path) -> dict[str, i
             for knode, vnode in node.value:
                 key = None
                 if prefix is not None and isinstance(knode, yaml.ScalarNode) and knode.tag != _MERGE:
-                    key, line = prefix + str(_construct(loader, knode, p)), knode.start_mark.line + 1
+                    key, line = prefix + _name(_construct(loader, knode, p)), knode.start_mark.line + 1
                     if key in lines:
                         raise ConfigError(f"{p}:{line}: duplicate key '{key}' (first on line {lines[key]}); "
                                           "expected each key once")
@@ -398,7 +416,9 @@ def load_config(path: str | os.PathLike | None, overrides: list[str] = ()) -> Ru
         if path is None:
             raise
         overridden = {_override_key(o) for o in overrides}
-        found = [lines[k] for k in e.keys if k in lines and k not in overridden]
+        keys = [k for k in e.keys if k not in overridden]
+        # the key's own line, else its section's (a key that came from a `<<` merge has none)
+        found = [lines[k] for k in keys + [k.split(".")[0] for k in keys] if k in lines]
         raise ConfigError(f"{path}:{found[0]}: {e}" if found else f"{path}: {e}", e.keys) from None
 
 
@@ -409,18 +429,18 @@ def validate(cfg: RunConfig) -> None:
     for key in ["method.mlp_hidden", "train.batch_size", "train.grad_accum", "train.epochs", "train.save_every",
                 "decode.beam_size", "decode.max_new_tokens", "decode.batch_size"]:
         if flat[key] < 1:
-            raise ConfigError(f"{key}: must be >= 1, got {flat[key]}", (key,))
+            raise ConfigError(f"{key}: must be >= 1, got {_show(flat[key])}", (key,))
     for key in ["train.max_steps", "data.train_size", "data.dev_size", "train.eval_steps", "method.prefix_length",
                 "data.max_length", "train.num_threads", "decode.num_threads"]:
         if flat[key] is not None and flat[key] < 1:
-            raise ConfigError(f"{key}: must be >= 1 or null, got {flat[key]}", (key,))
+            raise ConfigError(f"{key}: must be >= 1 or null, got {_show(flat[key])}", (key,))
     for key in ["decode.min_new_tokens", "decode.no_repeat_ngram_size", "train.warmup_steps", "method.init_steps",
                 "train.weight_decay"]:
         if flat[key] < 0:
-            raise ConfigError(f"{key}: must be >= 0, got {flat[key]}", (key,))
+            raise ConfigError(f"{key}: must be >= 0, got {_show(flat[key])}", (key,))
     for key in ["train.lr", "train.max_grad_norm"]:
         if flat[key] is not None and flat[key] <= 0:
-            raise ConfigError(f"{key}: must be > 0, got {flat[key]}", (key,))
+            raise ConfigError(f"{key}: must be > 0, got {_show(flat[key])}", (key,))
     if not 0.0 <= flat["method.prefix_dropout"] < 1.0:
         raise ConfigError(f"method.prefix_dropout: must be in [0, 1), got {flat['method.prefix_dropout']}",
                           ("method.prefix_dropout",))
