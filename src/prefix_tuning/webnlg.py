@@ -239,7 +239,20 @@ def outputs_per_entry(entries: Sequence[Entry], groups: Sequence[MRGroup], outpu
 
 
 __all__ = [
-    "ARCHIVE", "SPLITS", "SEEN_CATEGORIES", "UNSEEN_CATEGORIES", "Triple", "Lexicalisation", "Entry",
-    "linearize_triples", "data_dir", "archive_path", "load_webnlg", "parse_benchmark", "training_examples",
-    "decode_groups", "outputs_per_entry", "DataError",
+    "ARCHIVE",
+    "SEEN_CATEGORIES",
+    "SPLITS",
+    "UNSEEN_CATEGORIES",
+    "DataError",
+    "Entry",
+    "Lexicalisation",
+    "Triple",
+    "archive_path",
+    "data_dir",
+    "decode_groups",
+    "linearize_triples",
+    "load_webnlg",
+    "outputs_per_entry",
+    "parse_benchmark",
+    "training_examples",
 ]
