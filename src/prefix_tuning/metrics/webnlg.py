@@ -20,6 +20,7 @@ the printed digits against their scores, see tests/test_webnlg_metrics.py):
 from __future__ import annotations
 
 import re
+import threading
 from collections.abc import Callable, Sequence
 
 import numpy as np
@@ -133,15 +134,15 @@ class _Meteor(MeteorProcess):
     """METEOR 1.5 (`-l en -norm`) returning per-segment statistics, so S, U and A cost one scoring pass."""
 
     def stats(self, refs: Sequence[Sequence[str]], hyps: Sequence[str]) -> list[str]:
-        errors: list[BaseException] = []
         lines = [self.score_line(r, h) for r, h in zip(refs, hyps)]
-        out: list[str] = []
-        for start in range(0, len(lines), 500):  # bounded writes: the pipes cannot fill up
-            part = lines[start : start + 500]
-            self._write(part, errors)
-            if errors:
-                raise RuntimeError(f"writing to METEOR failed: {errors[0]}")
-            out += [self._readline() for _ in part]
+        errors: list[BaseException] = []
+        # Write from a thread while reading here, so neither pipe can fill up (as MeteorProcess.score).
+        writer = threading.Thread(target=self._write, args=(lines, errors), daemon=True)
+        writer.start()
+        out = [self._readline() for _ in lines]
+        writer.join()
+        if errors:
+            raise RuntimeError(f"writing to METEOR failed: {errors[0]}")
         return out
 
     def corpus(self, stats: Sequence[str]) -> float:
