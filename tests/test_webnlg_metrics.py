@@ -90,7 +90,8 @@ def test_preprocessing_reproduces_the_organisers_files(test_set) -> None:
         keep = _masks(seen)[key]
         part = [[W.normalize_ref(r) for r in group[:3]] for group, k in zip(refs, keep) if k]
         for j in range(3):
-            assert [g[j] if j < len(g) else "" for g in part] == _lines(EVAL / f"official-refs/gold-{name}-reference{j}.lex")
+            slot = [g[j] if j < len(g) else "" for g in part]
+            assert slot == _lines(EVAL / f"official-refs/gold-{name}-reference{j}.lex")
         meteor = [line for g in part for line in g + [""] * (3 - len(g))]
         assert meteor == _lines(EVAL / f"official-refs/gold-{name}-reference-3ref.meteor")
         ter_refs = [f"{r} (id{i + 1})" for i, g in enumerate(part) for r in g]
