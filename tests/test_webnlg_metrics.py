@@ -250,3 +250,6 @@ def test_input_checks_splits_and_signature() -> None:
     sig = W.signature()
     assert sig.startswith("webnlg2017-official|tok:split-nonword-lc|ascii:")
     assert "bleu:multi-bleu-lc-3ref|meteor:1.5-en-norm-3ref|ter:tercom-0.7.25-3ref|version:" in sig
+    assert "|ter:tercom-0.7.25-3ref|" in W.signature("ter") and "meteor" not in W.signature("ter, bleu")
+    with pytest.raises(ValueError, match="unknown or no metric"):
+        W.score_webnlg(["a"], [["a"]], [True], metrics=["ROUGE_L"])

@@ -10,7 +10,8 @@ normalisation, case-insensitive, punctuation kept), costs 1 for insertion, delet
 shifts of at most 10 words over at most 50 positions, greedy best shift first (longest phrases first, ties to
 the first found, a shift that only breaks even accepted while none is chosen), beam 20 in the edit distance.
 With several references the segment's edits are those of the first best reference and its length is the mean
-reference length; the corpus TER is total edits / total mean lengths.
+reference length; the corpus TER is total edits / total mean lengths. (Being written from tercom's source,
+this module follows LGPL-2.1 code; tercom 0.7.25 itself carries a research-only BBN/UMD licence.)
 
 Speed: tercom's edit distance visits cells one by one; here every column is computed with numpy for all
 candidate shifts of all segments at once (the delete chain of a column is a running minimum of

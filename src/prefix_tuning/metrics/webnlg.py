@@ -171,18 +171,17 @@ def _check(hyps: Sequence[str], refs: Sequence[Sequence[str]], seen: Sequence[bo
 
 
 def score_webnlg(hyps: Sequence[str], refs: Sequence[Sequence[str]], seen: Sequence[bool],
-                 metrics: Sequence[str] = METRICS) -> dict[str, dict[str, float]]:
+                 metrics: Sequence[str] | str = METRICS) -> dict[str, dict[str, float]]:
     """Challenge scores of one output per entry: `{"S": {"BLEU", "METEOR", "TER"}, "U": {...}, "A": {...}}`.
 
     hyps: raw outputs (one line each, no preprocessing needed); refs: each entry's references in XML order
     (`webnlg.Entry.refs`; only the first 3 count); seen: the entry's category is a training category
     (`webnlg.Entry.seen`). A split without entries (e.g. dev has no unseen category) is left out. All three
-    metrics are fractions (multi-bleu prints 100 * BLEU). METEOR needs Java; TER takes ~10 s per 1,000 entries.
+    metrics are fractions (multi-bleu prints 100 * BLEU). METEOR needs Java; TER costs ~5-10 s of CPU per 1,000
+    entries. Per-segment statistics: `bleu_segment_stats` (+ `multibleu_from_stats`), `ter.segment_stats`.
     """
     _check(hyps, refs, seen)
-    wanted = [m for m in METRICS if m in {x.upper() for x in metrics}]
-    if not wanted:
-        raise ValueError(f"no metric selected; choose from {', '.join(METRICS)}")
+    wanted = _wanted(metrics)
     asc = transliterator()[0]
     norm_hyps = [normalize_hyp(h, asc) for h in hyps]
     norm_refs = [[normalize_ref(r, asc) for r in group[:MAX_REFS]] for group in refs]
@@ -207,9 +206,17 @@ def score_webnlg(hyps: Sequence[str], refs: Sequence[Sequence[str]], seen: Seque
             meteor.close()
 
 
-def signature(metrics: Sequence[str] = METRICS) -> str:
+def _wanted(metrics: Sequence[str] | str) -> list[str]:
+    names = {x.strip().upper() for x in (metrics.split(",") if isinstance(metrics, str) else metrics)}
+    unknown = names - set(METRICS)
+    if unknown or not names:
+        raise ValueError(f"unknown or no metric {sorted(unknown)}; choose from {', '.join(METRICS)}")
+    return [m for m in METRICS if m in names]
+
+
+def signature(metrics: Sequence[str] | str = METRICS) -> str:
     """A sacrebleu-like string of the scoring settings, to store next to results."""
     parts = {"BLEU": "bleu:multi-bleu-lc-3ref", "METEOR": "meteor:1.5-en-norm-3ref", "TER": "ter:tercom-0.7.25-3ref"}
-    chosen = [parts[m] for m in METRICS if m in {x.upper() for x in metrics}]
+    chosen = [parts[m] for m in _wanted(metrics)]
     return "|".join(["webnlg2017-official", "tok:split-nonword-lc", f"ascii:{transliterator()[1]}", *chosen,
                      f"version:{__version__}"])
