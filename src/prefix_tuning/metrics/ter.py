@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: LGPL-2.1-or-later (a port of tercom's TER algorithm; see the docstring)
 """TER exactly as tercom 0.7.25 (`java -jar tercom.7.25.jar -h hyp -r ref`, the WebNLG 2017 scorer) computes it.
 
 Why not sacrebleu's TER: it is a re-implementation with another beam (width 25 along a diagonal band, tercom:
