@@ -10,19 +10,27 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import math
 import os
+import types
 from dataclasses import dataclass, field, fields
 from pathlib import Path
-from typing import Any, get_type_hints
-from typing import Literal
+from typing import Any, Literal, Union, get_args, get_origin, get_type_hints
 
 import yaml
 
-from .hardware import PRECISIONS
+from .e2e import OnError, RefStyle, Variant
+from .hardware import Precision
 
 
 class ConfigError(ValueError):
-    """A config file or override that cannot be used as written."""
+    """A config file or override that cannot be used as written.
+
+    `keys` names the dotted config keys at fault, so that `load_config` can point at their line in the file."""
+
+    def __init__(self, message: str, keys: tuple[str, ...] = ()):
+        super().__init__(message)
+        self.keys = keys
 
 
 @dataclass
@@ -39,7 +47,7 @@ class DataConfig:
     dir: str | None = None
     """Folder holding `e2e/e2e-dataset.zip` (or its CSVs). None: $PREFIX_TUNING_DATA, then the user cache
     (downloading the official release when online)."""
-    variant: str = "official"
+    variant: Variant = "official"
     """`official` E2E (Novikova et al. 2017) or `cleaned` (Dusek et al. 2019)."""
     train_size: int | None = None
     """Low-data setting (paper §7.1): number of training examples sampled from train; None = all."""
@@ -49,16 +57,16 @@ class DataConfig:
     """Dev examples used for the dev loss. None: all dev (or 30% of train_size in the low-data setting)."""
     max_length: int | None = 512
     """Longest training sequence in tokens (table + separator + reference + eos); longer ones are truncated."""
-    on_error: str = "raise"
+    on_error: OnError = "raise"
     """`raise` on the first malformed data row, or `skip` bad rows and report them."""
-    ref_style: str = "raw"
+    ref_style: RefStyle = "raw"
     """`raw` references as in the CSVs, or `tokenized` as in the original code's data files (spaCy tokens
     joined by spaces, e.g. "is n't"; needs `pip install 'prefix-tuning[tokenized]'`)."""
 
 
 @dataclass
 class MethodConfig:
-    name: str = "prefix"
+    name: Literal["prefix", "finetune", "finetune-top"] = "prefix"
     """`prefix` (Li & Liang 2021), `finetune` (all weights) or `finetune-top` (top `top_k_layers` blocks)."""
     prefix_length: int | None = 5
     """P, number of prefix positions per layer (paper appendix: 5 for E2E table-to-text)."""
@@ -68,7 +76,7 @@ class MethodConfig:
     """Width of the reparameterisation MLP (paper: 512)."""
     prefix_dropout: float = 0.0
     """Dropout on the produced prefix keys/values during training (original code option, default 0)."""
-    init: str = "random"
+    init: Literal["random", "words"] = "random"
     """`random`, or `words`: the frozen model's own keys/values of `init_text` (paper §7.2); then P is the
     number of tokens of `init_text` and `prefix_length` must be null or equal to it."""
     init_text: str = "table-to-text:"
@@ -102,11 +110,11 @@ class TrainConfig:
     """Gradient clipping norm (original code: 1.0); None disables."""
     seed: int = 101
     """Seed for init, shuffling and dropout (original code: 101)."""
-    precision: str = "auto"
+    precision: Precision = "auto"
     """`auto`: bf16 where the device computes it natively (CUDA with bf16, CPUs with AVX512-BF16/AMX), fp16 on
     CUDA without bf16, else fp32 (on an AVX2-only CPU bf16 is emulated and ~30x slower). Or `fp32`, `bf16`,
     `fp16` autocast. The precision used is stored in the run dir's config.yaml and result."""
-    loss: str = "sentence_sum"
+    loss: Literal["sentence_sum", "token_mean"] = "sentence_sum"
     """`sentence_sum`: per-sentence summed token loss averaged over the batch (original code), or
     `token_mean`: mean over all reference tokens in the batch."""
     eval_every_epoch: bool = True
@@ -135,17 +143,20 @@ class DecodeConfig:
     """Beam score = sum log p / length**length_penalty (HF convention; original: 1.0)."""
     no_repeat_ngram_size: int = 0
     """Ban repeating n-grams of this size; 0 disables (original: off)."""
+    early_stopping: bool | Literal["never"] = False
+    """When a row's beam search ends (HF's rule). false: once no running beam can beat the row's K finished
+    hypotheses at the current length (HF's default, the original's setting); true: as soon as K hypotheses
+    have finished; `never`: only when no running beam can beat them at any length up to max_new_tokens
+    (the exhaustive bound)."""
     ban_newlines: bool = True
     """Ban newline tokens (the original bans GPT-2 ids 198 and 628); found by decoding each vocab token."""
     batch_size: int = 16
     """MRs per decoding batch (results do not depend on it)."""
-    precision: str = "auto"
+    precision: Precision = "auto"
     """`auto` (as train.precision: bf16 only where native, else fp32), `fp32`, `bf16` or `fp16` for decoding.
     bf16 outputs can depend on which rows share a batch; fp32 outputs do not."""
     num_threads: int | None = None
     """torch CPU threads for decoding; None = the cores available to this process."""
-    early_stopping: bool | Literal["never"] = False
-    """HF beam stopping rule: False = stop a row when no running beam can beat its K finished ones (HF's default, the original's), True = stop once K hypotheses finished, "never" = exhaustive bound."""
 
 
 @dataclass
@@ -159,69 +170,98 @@ class RunConfig:
     """Run directory: config.yaml, prefix.safetensors or model.safetensors, log.jsonl, checkpoints/."""
 
 
-_CHOICES: dict[str, tuple[str, ...]] = {
-    "data.variant": ("official", "cleaned"),
-    "data.on_error": ("raise", "skip"),
-    "data.ref_style": ("raw", "tokenized"),
-    "method.name": ("prefix", "finetune", "finetune-top"),
-    "method.init": ("random", "words"),
-    "train.precision": PRECISIONS,
-    "train.loss": ("sentence_sum", "token_mean"),
-    "decode.precision": PRECISIONS,
-}
+_NO = object()
+_MERGE = "tag:yaml.org,2002:merge"
+# What PyYAML raises on hostile text: its own errors, RecursionError on deep nesting, and from its constructors
+# plain ValueError (`2001-02-30`, ints of over 4300 digits) and AttributeError (`!!timestamp x`).
+_YAML_FAILURES = (yaml.YAMLError, RecursionError, ValueError, TypeError, AttributeError, OverflowError)
+
+
+def _show(value: Any, limit: int = 80) -> str:
+    """repr of a value for messages, cut when long; an int too long for repr (over 4300 digits) by its size."""
+    try:
+        text = repr(value)
+    except ValueError:
+        return f"<an integer of {value.bit_length()} bits>"
+    return text if len(text) <= limit else text[:limit - 3] + "..."
+
+
+def _name(key: Any) -> str:
+    """A YAML mapping key as text (YAML keys may be numbers, null, dates, ...)."""
+    return key if isinstance(key, str) else _show(key)
+
+
+def _describe(typ: Any) -> str:
+    """What a field type accepts, in words for messages: `an integer or null`, `one of raw, tokenized`."""
+    if get_origin(typ) in (Union, types.UnionType):
+        return " or ".join(_describe(t) for t in get_args(typ))
+    if get_origin(typ) is Literal:
+        args = get_args(typ)
+        return repr(args[0]) if len(args) == 1 else "one of " + ", ".join(map(str, args))
+    names = {type(None): "null", bool: "true/false", int: "an integer", float: "a number", str: "a string"}
+    return names.get(typ, str(typ))
+
+
+def _accept(value: Any, typ: Any) -> Any:
+    """`value` as a field of type `typ`, or _NO. Types are read with typing.get_origin/get_args, so a new field
+    type works exactly or fails loudly. Mild coercions only: an integral float to int, an int to float, a
+    number string to float (YAML 1.1 reads "8e-5" as a string), a number to str."""
+    if get_origin(typ) in (Union, types.UnionType):
+        return next((v for t in get_args(typ) if (v := _accept(value, t)) is not _NO), _NO)
+    if get_origin(typ) is Literal:
+        return value if any(type(value) is type(c) and value == c for c in get_args(typ)) else _NO
+    if typ is type(None) or typ is bool:
+        return value if isinstance(value, typ) else _NO
+    if isinstance(value, bool) or value is None:  # true/false is neither a number nor a string here
+        return _NO
+    if typ is int:  # 64-bit: every count and seed fits, and YAML can write it back (not over 4300 digits)
+        if isinstance(value, float) and value.is_integer():
+            value = int(value)
+        return value if isinstance(value, int) and abs(value) < 2**63 else _NO
+    if typ is float:
+        try:
+            number = float(value) if isinstance(value, (int, float, str)) else math.nan
+        except (ValueError, OverflowError):
+            number = math.nan
+        return number if math.isfinite(number) else _NO
+    if typ is str:
+        return str(value) if isinstance(value, str | float) or (isinstance(value, int) and abs(value) < 2**63) else _NO
+    raise TypeError(f"config field type {typ!r} is not supported by _accept")
 
 
 def _coerce(value: Any, typ: Any, key: str) -> Any:
-    """Check (and mildly coerce) a YAML value against a dataclass field type."""
-    text = str(typ)
+    """Check (and mildly coerce, see `_accept`) a YAML value against a dataclass field type."""
+    out = _accept(value, typ)
+    if out is not _NO:
+        return out
     if value is None:
-        if "None" in text:
-            return None
-        raise ConfigError(f"{key}: null is not allowed (expected {text})")
-    if "bool" in text:
-        if isinstance(value, bool):
-            return value
-        raise ConfigError(f"{key}: expected true/false, got {value!r}")
-    if "int" in text and "float" not in text:
-        if isinstance(value, int) and not isinstance(value, bool):
-            return value
-        if isinstance(value, float) and value.is_integer():
-            return int(value)
-        raise ConfigError(f"{key}: expected an integer, got {value!r}")
-    if "float" in text:
-        if isinstance(value, (int, float)) and not isinstance(value, bool):
-            return float(value)
-        if isinstance(value, str):  # YAML 1.1 reads "8e-5" as a string
-            try:
-                return float(value)
-            except ValueError:
-                pass
-        raise ConfigError(f"{key}: expected a number, got {value!r}")
-    if "str" in text:
-        if isinstance(value, (str, int, float)) and not isinstance(value, bool):
-            return str(value)
-        raise ConfigError(f"{key}: expected a string, got {value!r}")
-    return value
+        raise ConfigError(f"{key}: null is not allowed; expected {_describe(typ)}", (key,))
+    if type(value) is int and (typ is int or int in get_args(typ)):
+        raise ConfigError(f"{key}: {_show(value)} is too large; expected {_describe(typ)} below 2**63", (key,))
+    if get_origin(typ) is Literal:
+        raise ConfigError(f"{key}: {_show(value)} is not one of {', '.join(map(str, get_args(typ)))}", (key,))
+    raise ConfigError(f"{key}: expected {_describe(typ)}, got {_show(value)}", (key,))
 
 
 def _unknown(key: str, valid: list[str]) -> ConfigError:
     close = difflib.get_close_matches(key.rsplit(".", 1)[-1], [v.rsplit(".", 1)[-1] for v in valid], n=1)
     hint = f" Did you mean '{close[0]}'?" if close else ""
-    return ConfigError(f"unknown config key '{key}'.{hint} Valid keys: {', '.join(valid)}")
+    return ConfigError(f"unknown config key {_show(key, 200)}.{hint} Valid keys: {', '.join(valid)}", (key,))
 
 
 def _build(cls: type, data: dict[str, Any], prefix: str) -> Any:
     hints = get_type_hints(cls)
     names = [f.name for f in fields(cls)]
     if not isinstance(data, dict):
-        raise ConfigError(f"{prefix.rstrip('.') or 'config'}: expected a mapping, got {data!r}")
+        where = prefix.rstrip(".")
+        raise ConfigError(f"{where or 'config'}: expected a mapping, got {_show(data)}", (where,) if where else ())
     kwargs = {}
     for key, value in data.items():
         if key not in names:
-            raise _unknown(prefix + str(key), [prefix + n for n in names])
+            raise _unknown(prefix + _name(key), [prefix + n for n in names])
         typ = hints[key]
         if dataclasses.is_dataclass(typ):
-            kwargs[key] = _build(typ, value or {}, prefix + key + ".")
+            kwargs[key] = _build(typ, {} if value is None else value, prefix + key + ".")
         else:
             kwargs[key] = _coerce(value, typ, prefix + key)
     return cls(**kwargs)
@@ -249,74 +289,172 @@ def to_dict(cfg: RunConfig) -> dict[str, Any]:
     return dataclasses.asdict(cfg)
 
 
+def _override_key(item: str) -> str:
+    return item.split("=", 1)[0].strip().lstrip("-")
+
+
 def apply_overrides(data: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
     """Apply `a.b=value` overrides (value parsed as YAML) to a nested dict, rejecting unknown keys."""
     valid = valid_keys()
     data = {k: (dict(v) if isinstance(v, dict) else v) for k, v in data.items()}
     for item in overrides:
         if "=" not in item:
-            raise ConfigError(f"override '{item}' is not of the form key=value (e.g. train.lr=1e-4)")
-        key, raw = item.split("=", 1)
-        key = key.strip().lstrip("-")
+            raise ConfigError(f"override {_show(item, 200)} is not of the form key=value (e.g. train.lr=1e-4)")
+        key, raw = _override_key(item), item.split("=", 1)[1]
         if key not in valid:
             raise _unknown(key, valid)
-        value = yaml.safe_load(raw) if raw.strip() else None
+        try:
+            value = yaml.safe_load(raw) if raw.strip() else None
+        except _YAML_FAILURES as e:
+            raise ConfigError(f"override {_show(item, 200)}: the value is not valid YAML ({_yaml_problem(e)}); "
+                              "expected e.g. train.lr=1e-4 or model.name='a b'", (key,)) from None
         node = data
         *parents, leaf = key.split(".")
-        for p in parents:
-            node = node.setdefault(p, {})
-            if node is None:
-                node = data[p] = {}
+        for i, p in enumerate(parents):
+            section = ".".join(parents[:i + 1])
+            if node.get(p) is None:
+                node[p] = {}
+            elif not isinstance(node[p], dict):
+                raise ConfigError(f"{section}: expected a mapping, got {_show(node[p])}", (section,))
+            node = node[p]
         node[leaf] = value
     return data
 
 
+def _yaml_problem(e: BaseException) -> str:
+    if isinstance(e, RecursionError):
+        return "nested too deeply"
+    return str(getattr(e, "problem", None) or e).partition("\n")[0]
+
+
+def _construct(loader: yaml.SafeLoader, node: yaml.ScalarNode, p: Path) -> Any:
+    try:
+        return loader.construct_object(node)
+    except _YAML_FAILURES as e:
+        line = node.start_mark.line + 1
+        raise ConfigError(f"{p}:{line}: invalid YAML value {node.value[:80]!r} ({_yaml_problem(e)})") from None
+
+
+def _key_lines(loader: yaml.SafeLoader, root: yaml.Node, p: Path) -> dict[str, int]:
+    """Line of each dotted key. Walks the nodes before construction (which flattens `<<` merges into them),
+    building every scalar so that a bad one (`2001-02-30`) is reported at its own line; rejects a key written
+    twice (YAML would keep the last one silently)."""
+    lines: dict[str, int] = {}
+    stack: list[tuple[yaml.Node, str | None]] = [(root, "")]
+    seen: set[int] = set()
+    while stack:
+        node, prefix = stack.pop()
+        if prefix is None:  # below the keys (config keys are `section.key`): each node once, so `&a [*a]` ends
+            if id(node) in seen:
+                continue
+            seen.add(id(node))
+        if isinstance(node, yaml.ScalarNode) and node.tag != _MERGE:
+            _construct(loader, node, p)
+        if isinstance(node, yaml.SequenceNode):
+            stack += [(child, None) for child in node.value]
+        elif isinstance(node, yaml.MappingNode):
+            for knode, vnode in node.value:
+                key = None
+                if prefix is not None and isinstance(knode, yaml.ScalarNode) and knode.tag != _MERGE:
+                    key, line = prefix + _name(_construct(loader, knode, p)), knode.start_mark.line + 1
+                    if key in lines:
+                        raise ConfigError(f"{p}:{line}: duplicate key '{key}' (first on line {lines[key]}); "
+                                          "expected each key once")
+                    lines[key] = line
+                stack += [(knode, None), (vnode, key + "." if key is not None and not prefix else None)]
+    return lines
+
+
+def _read_yaml(p: Path) -> tuple[Any, dict[str, int]]:
+    """A config file's YAML and the line of each dotted key in it, so that errors can say `file:line`."""
+    raw = p.read_bytes()
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as e:
+        line = raw[:e.start].count(b"\n") + 1
+        raise ConfigError(f"{p}:{line}: not valid UTF-8 (byte 0x{raw[e.start]:02x}); expected a UTF-8 YAML file") \
+            from None
+    loader = None
+    try:
+        loader = yaml.SafeLoader(text)  # checks the characters: may raise
+        root = loader.get_single_node()
+        if root is None:
+            return None, {}
+        lines = _key_lines(loader, root, p)
+        return loader.construct_document(root), lines
+    except _YAML_FAILURES as e:
+        if isinstance(e, ConfigError):
+            raise
+        mark = getattr(e, "problem_mark", None) or getattr(e, "context_mark", None)
+        line = (mark.line + 1 if mark is not None  # ReaderError: a character YAML forbids (NUL, controls)
+                else text[:e.position].count("\n") + 1 if isinstance(e, yaml.reader.ReaderError) else 1)
+        raise ConfigError(f"{p}:{line}: invalid YAML ({_yaml_problem(e)}); expected a mapping of sections "
+                          "(model, data, method, train, decode)") from None
+    finally:
+        if loader is not None:
+            loader.dispose()
+
+
 def load_config(path: str | os.PathLike | None, overrides: list[str] = ()) -> RunConfig:
-    """Load a YAML config (or the defaults when path is None), apply overrides, validate."""
-    data: dict[str, Any] = {}
+    """Load a YAML config (or the defaults when path is None), apply overrides, validate.
+    Errors about the file say `file:line: key: what; expected what`."""
+    data: Any = {}
+    lines: dict[str, int] = {}
     if path is not None:
         p = Path(path)
         if not p.is_file():
             raise ConfigError(f"config file not found: {p}")
-        try:
-            data = yaml.safe_load(p.read_text(encoding="utf-8")) or {}
-        except yaml.YAMLError as e:
-            raise ConfigError(f"{p}: invalid YAML: {e}") from None
+        data, lines = _read_yaml(p)
+        if data is None:
+            data = {}
         if not isinstance(data, dict):
-            raise ConfigError(f"{p}: expected a mapping of sections (model, data, method, train, decode)")
+            raise ConfigError(f"{p}:1: expected a mapping of sections (model, data, method, train, decode), "
+                              f"got {type(data).__name__}")
     try:
         return from_dict(apply_overrides(data, list(overrides)))
     except ConfigError as e:
-        raise ConfigError(f"{path}: {e}" if path else str(e)) from None
+        if path is None:
+            raise
+        overridden = {_override_key(o) for o in overrides}
+        keys = [k for k in e.keys if k not in overridden]
+        # the key's own line, else its section's (a key that came from a `<<` merge has none)
+        found = [lines[k] for k in keys + [k.split(".")[0] for k in keys] if k in lines]
+        raise ConfigError(f"{path}:{found[0]}: {e}" if found else f"{path}: {e}", e.keys) from None
 
 
 def validate(cfg: RunConfig) -> None:
-    """Reject impossible values and combinations before any work starts."""
+    """Reject impossible values and combinations before any work starts (choices and types are checked
+    while reading, by `_coerce`)."""
     flat = {k: _get(cfg, k) for k in valid_keys()}
-    for key, choices in _CHOICES.items():
-        if flat[key] not in choices:
-            raise ConfigError(f"{key}: '{flat[key]}' is not one of {', '.join(choices)}")
-    positive = ["method.mlp_hidden", "train.batch_size", "train.grad_accum", "train.epochs",
-                "decode.beam_size", "decode.max_new_tokens", "decode.batch_size", "train.save_every"]
-    for key in positive:
+    for key in ["method.mlp_hidden", "train.batch_size", "train.grad_accum", "train.epochs", "train.save_every",
+                "decode.beam_size", "decode.max_new_tokens", "decode.batch_size"]:
         if flat[key] < 1:
-            raise ConfigError(f"{key}: must be >= 1, got {flat[key]}")
-    for key in ["train.max_steps", "data.train_size", "data.dev_size", "train.eval_steps", "method.prefix_length"]:
+            raise ConfigError(f"{key}: must be >= 1, got {_show(flat[key])}", (key,))
+    for key in ["train.max_steps", "data.train_size", "data.dev_size", "train.eval_steps", "method.prefix_length",
+                "data.max_length", "train.num_threads", "decode.num_threads"]:
         if flat[key] is not None and flat[key] < 1:
-            raise ConfigError(f"{key}: must be >= 1 or null, got {flat[key]}")
-    if flat["train.lr"] <= 0:
-        raise ConfigError(f"train.lr: must be > 0, got {flat['train.lr']}")
+            raise ConfigError(f"{key}: must be >= 1 or null, got {_show(flat[key])}", (key,))
+    for key in ["decode.min_new_tokens", "decode.no_repeat_ngram_size", "train.warmup_steps", "method.init_steps",
+                "train.weight_decay"]:
+        if flat[key] < 0:
+            raise ConfigError(f"{key}: must be >= 0, got {_show(flat[key])}", (key,))
+    for key in ["train.lr", "train.max_grad_norm"]:
+        if flat[key] is not None and flat[key] <= 0:
+            raise ConfigError(f"{key}: must be > 0, got {_show(flat[key])}", (key,))
     if not 0.0 <= flat["method.prefix_dropout"] < 1.0:
-        raise ConfigError("method.prefix_dropout: must be in [0, 1)")
+        raise ConfigError(f"method.prefix_dropout: must be in [0, 1), got {flat['method.prefix_dropout']}",
+                          ("method.prefix_dropout",))
     if cfg.train.batch_size % cfg.train.grad_accum:
         raise ConfigError(f"train.batch_size ({cfg.train.batch_size}) must be divisible by train.grad_accum "
-                          f"({cfg.train.grad_accum})")
+                          f"({cfg.train.grad_accum})", ("train.grad_accum", "train.batch_size"))
     if cfg.method.name == "prefix" and cfg.method.init == "random" and cfg.method.prefix_length is None:
-        raise ConfigError("method.prefix_length: required for a randomly initialised prefix")
+        raise ConfigError("method.prefix_length: required for a randomly initialised prefix",
+                          ("method.prefix_length", "method.init", "method.name"))
     if cfg.decode.min_new_tokens > cfg.decode.max_new_tokens:
-        raise ConfigError("decode.min_new_tokens must not exceed decode.max_new_tokens")
+        raise ConfigError("decode.min_new_tokens must not exceed decode.max_new_tokens",
+                          ("decode.min_new_tokens", "decode.max_new_tokens"))
     if cfg.method.name == "finetune-top" and cfg.method.top_k_layers < 1:
-        raise ConfigError("method.top_k_layers: must be >= 1")
+        raise ConfigError("method.top_k_layers: must be >= 1", ("method.top_k_layers",))
 
 
 def _get(cfg: Any, key: str) -> Any:

@@ -16,10 +16,13 @@ import math
 import os
 import warnings
 from pathlib import Path
+from typing import Literal, get_args
 
 import torch
 
-PRECISIONS = ("auto", "fp32", "bf16", "fp16")
+Precision = Literal["auto", "fp32", "bf16", "fp16"]
+"""A precision setting; the config's type and the CLIs' choices both come from this one definition."""
+PRECISIONS: tuple[str, ...] = get_args(Precision)
 DTYPES: dict[str, torch.dtype | None] = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
 
 _warned: set[str] = set()

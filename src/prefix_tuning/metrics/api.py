@@ -64,6 +64,14 @@ def _check(refs: Sequence[Sequence[str]], hyps: Sequence[str]) -> None:
     for i, group in enumerate(refs):
         if not group:
             raise EvalInputError(f"MR {i} has no reference; every MR needs at least one")
+    for what, texts in (("output", [[hyp] for hyp in hyps]), ("reference of MR", refs)):
+        for i, group in enumerate(texts):
+            for text in group:
+                try:  # a lone surrogate (text decoded with errors="surrogateescape") cannot reach Java
+                    text.encode("utf-8")
+                except UnicodeEncodeError as err:
+                    raise EvalInputError(f"{what} {i}: not valid Unicode text ({err.reason} at character "
+                                         f"{err.start}); decode the text as UTF-8 without surrogateescape") from None
 
 
 def _mteval_scores(prepared: mteval.PreparedRefs, hyps: Sequence[str], wanted: list[str]) -> dict[str, float]:
@@ -112,6 +120,8 @@ def score_many(
             job = PTBTokenizeJob(flat + [hyp for hyps in sys_lists for hyp in hyps])
         if {"BLEU", "NIST"}.intersection(wanted):
             prepared = mteval.prepare_refs(ref_lists)
+            if "NIST" in wanted and not any(map(any, prepared.lengths)):
+                raise EvalInputError("every reference is empty: NIST is undefined; give references with words")
             for hyps, out in zip(sys_lists, results):
                 out.update(_mteval_scores(prepared, hyps, wanted))
         if job is not None:

@@ -66,7 +66,16 @@ def _read_table(path: str | os.PathLike[str], text_header: str) -> list[tuple[in
     reader = csv.reader([line for _, line in numbered], delimiter=delimiter)
     rows: list[tuple[int, list[str]]] = []
     consumed = 0
-    for fields in reader:
+    while True:
+        try:
+            fields = next(reader, None)
+        except csv.Error as err:  # a field over csv.field_size_limit() (128 KiB): the scorer would crash
+            raise EvalInputError(
+                f"{path}, line {numbered[consumed][0]}: unreadable record ({err}); check the quoting "
+                "(an unclosed '\"' makes the rest of the file one field)"
+            ) from None
+        if fields is None:
+            break
         rows.append((numbered[consumed][0], fields))
         consumed = reader.line_num
     header = rows[0][1]
