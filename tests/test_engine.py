@@ -10,10 +10,9 @@ from torch import nn
 
 from prefix_tuning.config import DecodeConfig
 from prefix_tuning.data import encode_prompt, group_by_mr, load_e2e
-from prefix_tuning.decode import decode
+from prefix_tuning.decode import decode, ids_to_text, newline_token_ids
 from prefix_tuning.engine import Engine, QueueFull, Request
 from prefix_tuning.models import KVShape, build_tiny, load_tokenizer
-from prefix_tuning.serve_api import ids_to_text, newline_ids
 
 EOS = 50256
 MAX, MIN = 16, 3
@@ -71,7 +70,7 @@ def setup(tok, tables):
 
 
 def requests(tok, tables, prefixes, **kw) -> list[Request]:
-    return [Request(encode_prompt(tok, t), prefixes[k % 5], MAX, MIN, newline_ids(tok), **kw)
+    return [Request(encode_prompt(tok, t), prefixes[k % 5], MAX, MIN, newline_token_ids(tok), **kw)
             for k, t in enumerate(tables)]
 
 

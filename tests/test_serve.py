@@ -25,12 +25,13 @@ pytest.importorskip("uvicorn")
 httpx = pytest.importorskip("httpx")
 openai = pytest.importorskip("openai")
 
+from prefix_tuning.cli import add_serve_parser, cmd_serve
 from prefix_tuning.config import DecodeConfig, MethodConfig, ModelConfig, RunConfig, save_config
 from prefix_tuning.data import group_by_mr, linearize_mr, load_e2e
 from prefix_tuning.decode import decode
 from prefix_tuning.models import KVShape, build_tiny
 from prefix_tuning.prefix import save_prefix
-from prefix_tuning.serve import add_serve_parser, create_app, load_state, run_serve
+from prefix_tuning.serve import create_app, load_state
 
 REPO = Path(__file__).resolve().parents[1]
 LENGTHS = {"p2": 2, "p5": 5, "p9": 9}
@@ -316,14 +317,14 @@ def test_cli_parser():
     parser = argparse.ArgumentParser()
     add_serve_parser(parser.add_subparsers())
     args = parser.parse_args(["serve", "--model", "tiny-gpt2", "--prefixes", "a", "b", "--port", "0"])
-    assert args.func is run_serve and args.prefixes == ["a", "b"] and args.host == "127.0.0.1"
+    assert args.func is cmd_serve and args.prefixes == ["a", "b"] and args.host == "127.0.0.1"
 
 
 @pytest.mark.slow  # a fresh interpreter imports torch + transformers: ~10-20 s on a busy 2-core machine
 def test_cli_serves_and_stops_on_sigterm(tmp_path):
     runs = make_runs(tmp_path / "runs", {"only": 3})
     env = {**os.environ, "PYTHONPATH": str(REPO / "src")}
-    proc = subprocess.Popen([sys.executable, "-m", "prefix_tuning.serve", "--model", "tiny-gpt2", "--prefixes",
+    proc = subprocess.Popen([sys.executable, "-m", "prefix_tuning.cli", "serve", "--model", "tiny-gpt2", "--prefixes",
                              str(runs), "--port", "0", "--threads", "1", "--log-level", "warning"],
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
     try:

@@ -8,6 +8,7 @@ import dataclasses
 import inspect
 import itertools
 import json
+import socket
 import sys
 import textwrap
 import types
@@ -17,6 +18,7 @@ from pathlib import Path
 import yaml
 
 from . import __version__, experiments
+from . import serve as serve_module
 from .checkpoint import CorruptFileError, DiskFullError
 from .config import ConfigError, DecodeConfig, load_config, to_dict
 from .e2e import DataError
@@ -25,6 +27,7 @@ from .hardware import PRECISIONS
 from .metrics import METRICS, EvalInputError
 from .metrics.cli import add_evaluate_parser
 from .models import ModelLoadError
+from .serve_api import ApiError
 from .train import train
 
 TRAIN_HELP = """\
@@ -187,7 +190,8 @@ def add_reproduce_parser(sub) -> None:
                    f"(default {','.join(map(str, grid.seeds))})")
     p.add_argument("--sizes", type=_ints, default=list(grid.sizes), help="low-data train sizes "
                    f"(default {','.join(map(str, grid.sizes))})")
-    p.add_argument("--train-size", type=int, default=None, help="table1/ablation: train on a low-data subset of this size")
+    p.add_argument("--train-size", type=int, default=None,
+                   help="table1/ablation: train on a low-data subset of this size")
     p.add_argument("--test-limit", type=int, default=None,
                    help="score the first N unique test MRs (default: the experiment's: " + ", ".join(
                        f"{e.name} {e.default_test_limit or 'all 630'}" for e in experiments.EXPERIMENTS.values())
@@ -205,6 +209,60 @@ def add_reproduce_parser(sub) -> None:
     p.add_argument("--keep-checkpoints", action="store_true", help="keep resumable checkpoints of finished runs")
     p.add_argument("--report-only", action="store_true", help="rebuild table.md and plots from results.json")
     p.set_defaults(func=cmd_reproduce)
+
+
+def add_serve_parser(subparsers) -> argparse.ArgumentParser:
+    p = subparsers.add_parser("serve", help="serve prefixes over an OpenAI-compatible HTTP API (one model, many "
+                              "prefixes, continuous batching)", description=serve_module.__doc__,
+                              formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--model", required=True, help="base model: a name (hub id, local folder, smollm2-135m, "
+                   "tiny-gpt2) or a run dir (its base model; a prefix run also serves its prefix)")
+    p.add_argument("--prefixes", nargs="*", default=[], metavar="DIR_OR_RUN", help="run dirs, folders of run "
+                   "dirs, or prefix.safetensors files; each prefix is named after its run dir")
+    p.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1: this machine only)")
+    p.add_argument("--port", type=int, default=8000, help="port (default 8000; 0 = any free port, printed)")
+    p.add_argument("--device", default="auto", help="auto (cuda if available), cpu, cuda, cuda:1")
+    p.add_argument("--precision", default="auto", choices=PRECISIONS, help="model dtype "
+                   "(default auto: bf16 only where native; fp32 outputs do not depend on what shares a batch)")
+    p.add_argument("--threads", type=int, help="torch CPU threads (default: the cores available)")
+    p.add_argument("--max-batch", type=int, default=64, help="rows decoded together (default 64)")
+    p.add_argument("--max-waiting", type=int, default=256, help="requests queued beyond the batch before 429 "
+                   "(default 256)")
+    p.add_argument("--max-tokens", type=int, default=100, help="max_tokens when a request gives none (default "
+                   "100, decode's)")
+    p.add_argument("--min-tokens", type=int, default=5, help="EOS banned before this many tokens unless a request "
+                   "says min_tokens (default 5, decode's)")
+    p.add_argument("--drain-seconds", type=float, default=30.0, help="on SIGTERM, time running requests get to "
+                   "finish before they are cancelled (default 30)")
+    p.add_argument("--no-prefix-updates", action="store_true", help="refuse POST/DELETE /v1/prefixes (403)")
+    p.add_argument("--log-level", default="info", help="uvicorn log level (default info)")
+    p.set_defaults(func=cmd_serve)
+    return p
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    """The `serve` command: load, serve until SIGTERM/SIGINT. Errors print one line and return 2."""
+    try:
+        import fastapi  # noqa: F401
+        import uvicorn  # noqa: F401
+    except ImportError as e:
+        print(f"error: serve needs FastAPI and uvicorn: pip install 'prefix-tuning[serve]' ({e})", file=sys.stderr)
+        return 2
+    try:
+        state = serve_module.load_state(args.model, args.prefixes, device=args.device, precision=args.precision,
+                           threads=args.threads, max_batch=args.max_batch, max_waiting=args.max_waiting,
+                           max_tokens=args.max_tokens, min_tokens=args.min_tokens, drain_s=args.drain_seconds)
+    except (FileNotFoundError, ValueError, ApiError, ModelLoadError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    state.prefix_updates = not args.no_prefix_updates
+    try:
+        sock = socket.create_server((args.host, args.port))
+    except OSError as e:
+        print(f"error: cannot listen on {args.host}:{args.port}: {e}", file=sys.stderr)
+        return 2
+    serve_module.serve(state, args.host, args.port, log_level=args.log_level, sock=sock)
+    return 0
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -226,6 +284,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_generate_parser(sub)
     add_evaluate_parser(sub)
     add_reproduce_parser(sub)
+    add_serve_parser(sub)
     return parser
 
 

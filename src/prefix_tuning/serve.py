@@ -1,7 +1,7 @@
 """OpenAI-compatible completions server: one frozen base model, many prefixes, continuous batching across them
 (`prefix_tuning.engine`; paper §4: rows of different prefixes share a batch because the model is shared).
 
-    python -m prefix_tuning.serve --model tiny-gpt2 --prefixes runs/ [--host 127.0.0.1 --port 8000]
+    prefix-tuning serve --model tiny-gpt2 --prefixes runs/ [--host 127.0.0.1 --port 8000]
 
 --model: a model name (hub id, local folder, alias) or a run dir (its base model; a prefix run adds its prefix,
 a fine-tuning run's model.safetensors is loaded). --prefixes: run dirs, folders of run dirs, or
@@ -32,13 +32,11 @@ SIGTERM: stop accepting, let running requests finish for --drain-seconds, cancel
 `add_serve_parser(subparsers)` adds the `serve` subcommand to an argparse CLI.
 """
 
-import argparse
 import asyncio
 import dataclasses
 import json
 import logging
 import socket
-import sys
 import threading
 import time
 from contextlib import asynccontextmanager
@@ -47,9 +45,12 @@ from pathlib import Path
 import torch
 from torch import Tensor, nn
 
-from .engine import Engine, EngineClosed, QueueFull, Request
 from .data import eos_id_of
-from .run import RunDir, read_config
+from .engine import Engine, EngineClosed, QueueFull, Request
+from .hardware import dtype_of, resolve_precision, set_threads
+from .models import KVShape, load_model, load_tokenizer, resolve_device
+from .prefix import check_fits, load_prefix
+from .run import RunDir, load_run
 from .serve_api import ApiError, Completion, beam_completion, error_body, parse_completion
 
 log = logging.getLogger(__name__)
@@ -76,9 +77,6 @@ class ServerState:
     prefix_updates: bool = True  # POST/DELETE /v1/prefixes allowed
 
     def add_prefix(self, name: str, path: str | Path, replace: bool = False) -> Tensor:
-        from .models import KVShape
-        from .prefix import check_fits, load_prefix
-
         if name == self.model_id:
             raise ApiError(409, f"'{name}' is the base model's name", "name")
         if name in self.prefixes and not replace:
@@ -132,26 +130,17 @@ def load_state(model: str, prefixes: list[str], *, device: str = "auto", precisi
                threads: int | None = None, max_batch: int = 64, max_waiting: int = 256, max_tokens: int = 100,
                min_tokens: int = 5, drain_s: float = 30.0, step_sleep: float = 0.0) -> ServerState:
     """Load the base model once (cast to the resolved precision) and every prefix."""
-    from .hardware import dtype_of, resolve_precision, set_threads
-    from .models import load_model, load_tokenizer, resolve_device
-
     set_threads(threads)
     dev = resolve_device(device)
-    name, revision, data_dir, model_id, weights, extra = model, None, None, model, None, []
+    extra: list[str] = []
     run = RunDir(model)
-    if run.config.is_file():  # a run dir: its base model, and its own prefix or weights
-        cfg = read_config(run)
-        name, revision, data_dir, model_id = cfg.model.name, cfg.model.revision, cfg.data.dir, cfg.model.name
-        if run.artifact(cfg) == run.prefix:
-            extra = [str(run.path)]
-        else:
-            weights, model_id = run.model, run.path.resolve().name
-    m = load_model(name, revision=revision)
-    if weights is not None:
-        from safetensors.torch import load_model as st_load
-
-        st_load(m, str(weights))
-    tok = load_tokenizer(name, data_dir)
+    if run.config.is_file():  # a run dir: its base model with its fine-tuned weights, or its prefix added
+        loaded = load_run(run.path)
+        m, tok = loaded.model, loaded.tokenizer
+        model_id = loaded.cfg.model.name if loaded.prefix is not None else run.path.resolve().name
+        extra = [str(run.path)] if loaded.prefix is not None else []
+    else:
+        m, tok, model_id = load_model(model), load_tokenizer(model), model
     prec = resolve_precision(precision, dev)
     m = m.to(device=dev, dtype=dtype_of(prec) or torch.float32).eval().requires_grad_(False)
     eos = eos_id_of(tok)
@@ -347,68 +336,6 @@ async def _stream(state, job: Completion, reqs: list[Request], queue: asyncio.Qu
                 state.engine.cancel(r)
 
 
-# ------------------------------------------------------------------------------------------------ CLI
-
-def _add_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--model", required=True, help="base model: a name (hub id, local folder, smollm2-135m, "
-                   "tiny-gpt2) or a run dir (its base model; a prefix run also serves its prefix)")
-    p.add_argument("--prefixes", nargs="*", default=[], metavar="DIR_OR_RUN", help="run dirs, folders of run "
-                   "dirs, or prefix.safetensors files; each prefix is named after its run dir")
-    p.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1: this machine only)")
-    p.add_argument("--port", type=int, default=8000, help="port (default 8000; 0 = any free port, printed)")
-    p.add_argument("--device", default="auto", help="auto (cuda if available), cpu, cuda, cuda:1")
-    p.add_argument("--precision", default="auto", choices=("auto", "fp32", "bf16", "fp16"), help="model dtype "
-                   "(default auto: bf16 only where native; fp32 outputs do not depend on what shares a batch)")
-    p.add_argument("--threads", type=int, help="torch CPU threads (default: the cores available)")
-    p.add_argument("--max-batch", type=int, default=64, help="rows decoded together (default 64)")
-    p.add_argument("--max-waiting", type=int, default=256, help="requests queued beyond the batch before 429 "
-                   "(default 256)")
-    p.add_argument("--max-tokens", type=int, default=100, help="max_tokens when a request gives none (default "
-                   "100, decode's)")
-    p.add_argument("--min-tokens", type=int, default=5, help="EOS banned before this many tokens unless a request "
-                   "says min_tokens (default 5, decode's)")
-    p.add_argument("--drain-seconds", type=float, default=30.0, help="on SIGTERM, time running requests get to "
-                   "finish before they are cancelled (default 30)")
-    p.add_argument("--no-prefix-updates", action="store_true", help="refuse POST/DELETE /v1/prefixes (403)")
-    p.add_argument("--log-level", default="info", help="uvicorn log level (default info)")
-
-
-def add_serve_parser(subparsers) -> argparse.ArgumentParser:
-    """Add `serve` to an argparse CLI (prefix_tuning.cli)."""
-    p = subparsers.add_parser("serve", help="serve prefixes over an OpenAI-compatible HTTP API",
-                              description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    _add_args(p)
-    p.set_defaults(func=run_serve)
-    return p
-
-
-def run_serve(args: argparse.Namespace) -> int:
-    """The `serve` command: load, serve until SIGTERM/SIGINT. Errors print one line and return 2."""
-    from .models import ModelLoadError
-
-    try:
-        import fastapi  # noqa: F401
-        import uvicorn  # noqa: F401
-    except ImportError as e:
-        print(f"error: serve needs FastAPI and uvicorn: pip install 'prefix-tuning[serve]' ({e})", file=sys.stderr)
-        return 2
-    try:
-        state = load_state(args.model, args.prefixes, device=args.device, precision=args.precision,
-                           threads=args.threads, max_batch=args.max_batch, max_waiting=args.max_waiting,
-                           max_tokens=args.max_tokens, min_tokens=args.min_tokens, drain_s=args.drain_seconds)
-    except (FileNotFoundError, ValueError, ApiError, ModelLoadError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
-    state.prefix_updates = not args.no_prefix_updates
-    try:
-        sock = socket.create_server((args.host, args.port))
-    except OSError as e:
-        print(f"error: cannot listen on {args.host}:{args.port}: {e}", file=sys.stderr)
-        return 2
-    serve(state, args.host, args.port, log_level=args.log_level, sock=sock)
-    return 0
-
-
 def serve(state: ServerState, host: str = "127.0.0.1", port: int = 8000, *, log_level: str = "info",
           sock: socket.socket | None = None) -> None:
     """Run until SIGTERM/SIGINT (uvicorn waits --drain-seconds for running requests, then they are cancelled)."""
@@ -421,15 +348,3 @@ def serve(state: ServerState, host: str = "127.0.0.1", port: int = 8000, *, log_
     print(f"prefix-tuning serve: {state.model_id} + {len(state.prefixes)} prefixes on http://{host}:{port}/v1",
           flush=True)
     uvicorn.Server(config).run(sockets=[sock])
-
-
-def main(argv: list[str] | None = None) -> int:
-    """`python -m prefix_tuning.serve --model ... --prefixes ...` (the same options as `prefix-tuning serve`)."""
-    parser = argparse.ArgumentParser(prog="python -m prefix_tuning.serve", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
-    _add_args(parser)
-    return run_serve(parser.parse_args(argv))
-
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -17,11 +17,12 @@ from types import SimpleNamespace
 
 from torch import Tensor
 
+from .config import DecodeConfig
+from .data import encode_prompt, linearize_mr
+from .decode import decode, ids_to_text, newline_token_ids
+
 MAX_N = 16  # choices per prompt, and beam width for best_of
 UNSUPPORTED = ("suffix", "logit_bias", "echo")
-
-_newlines: dict[int, tuple[int, ...]] = {}
-
 
 class ApiError(Exception):
     """An error answered as `{"error": {"message", "type", "param", "code"}}` with an HTTP status."""
@@ -35,22 +36,6 @@ class ApiError(Exception):
 
 def error_body(e: ApiError) -> dict:
     return {"error": {"message": e.message, "type": e.type, "param": e.param, "code": e.code}}
-
-
-def ids_to_text(tokenizer, ids: list[int]) -> str:
-    """Generated ids -> one line (as prefix_tuning.decode: special tokens skipped, line breaks -> spaces, strip)."""
-    text = tokenizer.decode(list(ids), skip_special_tokens=True, clean_up_tokenization_spaces=False)
-    return " ".join(text.splitlines()).strip()
-
-
-def newline_ids(tokenizer) -> tuple[int, ...]:
-    """Tokens whose text holds a line break (str.splitlines), special tokens excluded: the ones decode bans."""
-    key = id(tokenizer)
-    if key not in _newlines:
-        texts = tokenizer.batch_decode([[i] for i in range(len(tokenizer))], clean_up_tokenization_spaces=False)
-        special = set(tokenizer.all_special_ids)
-        _newlines[key] = tuple(i for i, t in enumerate(texts) if i not in special and len(f"x{t}x".splitlines()) > 1)
-    return _newlines[key]
 
 
 @dataclasses.dataclass
@@ -177,7 +162,6 @@ def _bool(body: dict, key: str, default: bool) -> bool:
 
 def _prompts(body: dict, state, mr: bool, raw: bool) -> tuple[list[list[int]], list[str] | None]:
     """Token ids per prompt and (for string prompts without raw) the linearised tables."""
-    from .data import encode_prompt, linearize_mr
 
     p = body.get("prompt")
     if isinstance(p, str):
@@ -258,15 +242,13 @@ def parse_completion(body: dict, state) -> Completion:
             raise ApiError(400, "best_of > 1 (beam search) takes string prompts without \"raw\"", "best_of")
     ban = _bool(body, "ban_newlines", True)
     eos = state.tokenizer.eos_token_id
-    banned = tuple(sorted(set(newline_ids(state.tokenizer)) - {eos})) if ban else ()
+    banned = tuple(sorted(set(newline_token_ids(state.tokenizer)) - {eos})) if ban else ()
     return Completion(model, prefix, prompts, tables, n, best_of, max_tokens, min_tokens, ban, banned, temperature,
                       top_p, seed, tuple(stop), stream, _bool(opts, "include_usage", False))
 
 
 async def beam_completion(state, job: Completion) -> dict:
     """best_of > 1: the paper's beam search via `decode.decode`, outside the continuous batch, one at a time."""
-    from .config import DecodeConfig
-    from .decode import decode
 
     if state.beam_waiting >= state.engine.max_waiting:
         raise ApiError(429, "too many beam requests waiting; retry later", None, "rate_limit_exceeded",
