@@ -19,3 +19,14 @@ def data_dir() -> Path:
     if not (DATA_DIR / "e2e" / "e2e-dataset.zip").is_file():
         pytest.fail(f"E2E data not found in {DATA_DIR}; set PREFIX_TUNING_DATA")
     return DATA_DIR
+
+
+@pytest.fixture(scope="module")
+def one_thread():
+    """Tiny models: one thread is ~10x faster than two on a shared 2-core machine (no oversubscription)."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)

@@ -6,8 +6,16 @@ import pytest
 import torch
 from torch import nn
 
-from prefix_tuning.adapter import (adapter_numel, adapter_state, add_adapters, base_numel, bottleneck_for_fraction,
-                                   load_adapter, load_adapter_state, save_adapter)
+from prefix_tuning.adapter import (
+    adapter_numel,
+    adapter_state,
+    add_adapters,
+    base_numel,
+    bottleneck_for_fraction,
+    load_adapter,
+    load_adapter_state,
+    save_adapter,
+)
 from prefix_tuning.beam import SearchSettings, search
 from prefix_tuning.config import DecodeConfig
 from prefix_tuning.lora import add_lora, load_lora, lora_state, merge_lora, save_lora

@@ -178,6 +178,7 @@ def test_tokenized_matches_original_files():
 
 def test_tokenized_without_spacy_says_so(tmp_path, monkeypatch):
     import sys
+
     from prefix_tuning import e2e_tokenize
     monkeypatch.setitem(sys.modules, "spacy", None)  # makes `import spacy` fail
     e2e_tokenize._tokenizer.cache_clear()

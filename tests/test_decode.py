@@ -17,6 +17,7 @@ import json
 
 import pytest
 import torch
+from tiny import EOS, eos_model, random_prefix
 from torch import nn
 
 from prefix_tuning.beam import SearchSettings, left_pad, search
@@ -25,39 +26,18 @@ from prefix_tuning.config import DecodeConfig, MethodConfig, ModelConfig, RunCon
 from prefix_tuning.data import encode_prompt, group_by_mr, load_e2e
 from prefix_tuning.decode import decode, newline_token_ids, search_settings
 from prefix_tuning.generate import generate_run
-from prefix_tuning.models import KVShape, build_tiny, load_tokenizer
+from prefix_tuning.models import build_tiny, load_tokenizer
 from prefix_tuning.prefix import build_cache, prefix_inputs, save_prefix
 
-EOS = 50256
-# EOS-row scale per model: chosen so that outputs end anywhere between 2 and 20 tokens (see module doc)
-EOS_SCALE = {"tiny-gpt2": 1.0, "tiny-llama": 2.5}
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 # ------------------------------------------------------------------------------------------ fixtures
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """Tiny models: one thread is ~10x faster than two on a shared 2-core machine (no oversubscription)."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
-def eos_model(name: str) -> nn.Module:
-    model = build_tiny(name)
-    head = model.get_output_embeddings()
-    g = torch.Generator().manual_seed(7)
-    w = head.weight.detach().clone() * 3.0
-    w[EOS] = torch.randn(w.shape[1], generator=g) * EOS_SCALE[name]
-    head.weight = nn.Parameter(w, requires_grad=False)
-    return model.eval()
 
 
-def random_prefix(model: nn.Module, length: int = 5, seed: int = 0) -> torch.Tensor:
-    s = KVShape.from_config(model.config)
-    g = torch.Generator().manual_seed(seed)
-    return torch.randn(s.n_layers, 2, s.n_kv_heads, length, s.head_dim, generator=g)
 
 
 @pytest.fixture(scope="module")

@@ -6,35 +6,20 @@ from __future__ import annotations
 
 import pytest
 import torch
-from torch import nn
+from tiny import EOS, eos_model
 
 from prefix_tuning.config import DecodeConfig
 from prefix_tuning.data import encode_prompt, group_by_mr, load_e2e
 from prefix_tuning.decode import decode, ids_to_text, newline_token_ids
 from prefix_tuning.engine import Engine, QueueFull, Request
-from prefix_tuning.models import KVShape, build_tiny, load_tokenizer
+from prefix_tuning.models import KVShape, load_tokenizer
 
-EOS = 50256
+pytestmark = pytest.mark.usefixtures("one_thread")
 MAX, MIN = 16, 3
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
-def eos_model(name: str) -> nn.Module:
-    """The tiny model with a random EOS row in the LM head, so rows end (and leave the batch) at different steps."""
-    model = build_tiny(name)
-    head = model.get_output_embeddings()
-    g = torch.Generator().manual_seed(7)
-    w = head.weight.detach().clone() * 3.0
-    w[EOS] = torch.randn(w.shape[1], generator=g) * {"tiny-gpt2": 1.0, "tiny-llama": 2.5}[name]
-    head.weight = nn.Parameter(w, requires_grad=False)
-    return model.eval()
 
 
 @pytest.fixture(scope="module")

@@ -6,8 +6,15 @@ import pytest
 import torch
 
 from prefix_tuning.models import KVShape, build_tiny
-from prefix_tuning.prefix import (PrefixEncoder, activations_of, build_cache, check_fits, load_prefix,
-                                  prefix_inputs, save_prefix)
+from prefix_tuning.prefix import (
+    PrefixEncoder,
+    activations_of,
+    build_cache,
+    check_fits,
+    load_prefix,
+    prefix_inputs,
+    save_prefix,
+)
 
 MODELS = ["tiny-gpt2", "tiny-llama"]
 

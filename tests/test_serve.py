@@ -35,14 +35,9 @@ from prefix_tuning.serve import create_app, load_state
 
 REPO = Path(__file__).resolve().parents[1]
 LENGTHS = {"p2": 2, "p5": 5, "p9": 9}
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 def make_runs(root: Path, names: dict[str, int], seed: int = 0) -> Path:
