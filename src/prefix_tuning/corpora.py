@@ -19,7 +19,9 @@ from .config import RunConfig
 from .data import Example, group_by_mr, linearize_mr, load_e2e, low_data_split
 from .metrics import JavaNotFoundError, normalize_metrics, score, score_webnlg, signature, webnlg_signature
 from .metrics.api import JAVA_METRICS
+from .metrics.io import EvalInputError
 from .metrics.webnlg import METRICS as WEBNLG_METRICS
+from .metrics.webnlg import transliterator
 
 Scorer = Callable[[Sequence[str], "Sequence[str] | None"], dict]
 """(outputs, metric names or None for all) -> the scores JSON of a decode."""
@@ -57,7 +59,7 @@ def score_webnlg_outputs(entries: Sequence[webnlg.Entry], groups: Sequence, hyps
     wanted = [m for m in WEBNLG_METRICS if metrics is None or m.upper() in {x.upper() for x in metrics}]
     if not wanted:
         raise ValueError(f"no WebNLG metric in {list(metrics or [])}; choose from {', '.join(WEBNLG_METRICS)}")
-    per_entry = webnlg.outputs_per_entry(entries, groups, hyps)
+    per_entry = webnlg.outputs_per_entry(entries, groups, _transliterable(hyps))
     refs, seen = [e.refs for e in entries], [e.seen for e in entries]
     try:
         res = score_webnlg(per_entry, refs, seen, wanted)
@@ -68,6 +70,30 @@ def score_webnlg_outputs(entries: Sequence[webnlg.Entry], groups: Sequence, hyps
         print(f"warning: {e}; scoring {', '.join(wanted)} only", file=sys.stderr)
         res = score_webnlg(per_entry, refs, seen, wanted)
     return {**res, "n_entries": len(entries), "signature": webnlg_signature(wanted)}
+
+
+def _transliterable(hyps: Sequence[str]) -> list[str]:
+    """Outputs with the characters that the built-in transliteration cannot map (used when `Unidecode` is not
+    installed; e.g. U+FFFD from a token cut inside a UTF-8 character) dropped, with a warning."""
+    asc, _ = transliterator()
+    out, changed = [], 0
+    for h in hyps:
+        try:
+            asc(h)
+            out.append(h)
+        except EvalInputError:
+            kept = []
+            for ch in h:
+                try:
+                    kept.append(asc(ch) and ch)
+                except EvalInputError:
+                    pass
+            out.append("".join(kept))
+            changed += 1
+    if changed:
+        print(f"warning: {changed} output(s) hold characters without a built-in ASCII transliteration; dropped "
+              "them (`pip install Unidecode` to score them as the challenge did)", file=sys.stderr)
+    return out
 
 
 def score_grouped(refs: Sequence[Sequence[str]], labels: Sequence[str | None], hyps: Sequence[str],
