@@ -3,7 +3,7 @@ examples, and the sources to decode with their references and how their outputs 
 
 - `e2e`: unique MRs, the official E2E metrics (`metrics.score`).
 - `webnlg`: unique triple sets (`webnlg.decode_groups`), outputs spread back to entries and scored with the
-  challenge's BLEU/METEOR/TER on seen (S), unseen (U) and all (A) categories (`metrics.score_webnlg`).
+  challenge's BLEU/METEOR/TER on seen (S), unseen (U) and all (A) categories (`webnlg.score_outputs`).
 - `custom`: your files (`owndata`), unique sources with all their references, the E2E metrics over all
   sources and, with `group_field`, per group.
 """
@@ -17,11 +17,8 @@ from dataclasses import dataclass
 from . import owndata, webnlg
 from .config import RunConfig
 from .data import Example, group_by_mr, linearize_mr, load_e2e, low_data_split
-from .metrics import JavaNotFoundError, normalize_metrics, score, score_webnlg, signature, webnlg_signature
+from .metrics import JavaNotFoundError, normalize_metrics, score, signature
 from .metrics.api import JAVA_METRICS
-from .metrics.io import EvalInputError
-from .metrics.webnlg import METRICS as WEBNLG_METRICS
-from .metrics.webnlg import transliterator
 
 Scorer = Callable[[Sequence[str], "Sequence[str] | None"], dict]
 """(outputs, metric names or None for all) -> the scores JSON of a decode."""
@@ -50,50 +47,6 @@ def score_outputs(refs: Sequence[Sequence[str]], hyps: Sequence[str], metrics: S
         print(f"warning: {e}; scoring {', '.join(rest)} only", file=sys.stderr)
         wanted, res = rest, score(refs, hyps, rest)
     return {**res, "signature": signature(wanted)}
-
-
-def score_webnlg_outputs(entries: Sequence[webnlg.Entry], groups: Sequence, hyps: Sequence[str],
-                         metrics: Sequence[str] | None = None) -> dict:
-    """`{"S": {...}, "U": {...}, "A": {...}, "signature": ...}`: BLEU, METEOR, TER (fractions) per category
-    split; metrics other than those three are ignored; without Java, METEOR is skipped with a warning."""
-    wanted = [m for m in WEBNLG_METRICS if metrics is None or m.upper() in {x.upper() for x in metrics}]
-    if not wanted:
-        raise ValueError(f"no WebNLG metric in {list(metrics or [])}; choose from {', '.join(WEBNLG_METRICS)}")
-    per_entry = webnlg.outputs_per_entry(entries, groups, _transliterable(hyps))
-    refs, seen = [e.refs for e in entries], [e.seen for e in entries]
-    try:
-        res = score_webnlg(per_entry, refs, seen, wanted)
-    except JavaNotFoundError as e:
-        wanted = [m for m in wanted if m != "METEOR"]
-        if not wanted:
-            raise
-        print(f"warning: {e}; scoring {', '.join(wanted)} only", file=sys.stderr)
-        res = score_webnlg(per_entry, refs, seen, wanted)
-    return {**res, "n_entries": len(entries), "signature": webnlg_signature(wanted)}
-
-
-def _transliterable(hyps: Sequence[str]) -> list[str]:
-    """Outputs with the characters that the built-in transliteration cannot map (used when `Unidecode` is not
-    installed; e.g. U+FFFD from a token cut inside a UTF-8 character) dropped, with a warning."""
-    asc, _ = transliterator()
-    out, changed = [], 0
-    for h in hyps:
-        try:
-            asc(h)
-            out.append(h)
-        except EvalInputError:
-            kept = []
-            for ch in h:
-                try:
-                    kept.append(asc(ch) and ch)
-                except EvalInputError:
-                    pass
-            out.append("".join(kept))
-            changed += 1
-    if changed:
-        print(f"warning: {changed} output(s) hold characters without a built-in ASCII transliteration; dropped "
-              "them (`pip install Unidecode` to score them as the challenge did)", file=sys.stderr)
-    return out
 
 
 def score_grouped(refs: Sequence[Sequence[str]], labels: Sequence[str | None], hyps: Sequence[str],
@@ -164,7 +117,7 @@ def _webnlg_decode(cfg: RunConfig, split: str, limit: int | None) -> DecodeSet:
     kept = {g.table for g in groups}
     entries = [e for e in entries if e.table in kept]
     return DecodeSet([g.table for g in groups], [tuple(g.refs) for g in groups],
-                     lambda hyps, metrics: score_webnlg_outputs(entries, groups, hyps, metrics))
+                     lambda hyps, metrics: webnlg.score_outputs(entries, groups, hyps, metrics))
 
 
 def _custom_decode(cfg: RunConfig, split: str, limit: int | None) -> DecodeSet:

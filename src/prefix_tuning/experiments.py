@@ -24,9 +24,8 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from . import paper
+from . import paper, webnlg_report
 from . import report as rep
-from . import webnlg_report
 from .config import RunConfig, apply_overrides, from_dict, to_dict
 from .generate import generate_run
 from .hardware import describe_cpu

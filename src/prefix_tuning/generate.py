@@ -12,7 +12,6 @@ which `decode.decode` uses so as to leave a caller's model untouched).
 from __future__ import annotations
 
 import dataclasses
-import sys
 import time
 from collections.abc import Sequence
 from pathlib import Path

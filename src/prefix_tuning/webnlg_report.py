@@ -27,8 +27,8 @@ def sua_table(data: dict) -> list[str]:
     methods = list(dict.fromkeys(r["method"] for r in data["runs"]))
     cols = [f"{m} {s}" for m in METRICS for s in SPLITS]
     lines = ["", "## WebNLG test: seen (S) / unseen (U) / all (A) categories",
-             "", "BLEU in % (multi-bleu, lower-cased, 3 refs), METEOR and TER as fractions (TER: lower is better); "
-             "a metric left out (e.g. METEOR in --quick) shows `-`.", "",
+             "", ("BLEU in % (multi-bleu, lower-cased, 3 refs), METEOR and TER as fractions (TER: lower is better); "
+                  "a metric left out (e.g. METEOR in --quick) shows `-`."), "",
              "| source | method | seeds | " + " | ".join(cols) + " |", "|---|---|---|" + "---|" * len(cols)]
     for method in methods:
         rs = [r for r in data["runs"] if r["method"] == method]
