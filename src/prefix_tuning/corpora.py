@@ -49,20 +49,6 @@ def score_outputs(refs: Sequence[Sequence[str]], hyps: Sequence[str], metrics: S
     return {**res, "signature": signature(wanted)}
 
 
-def score_grouped(refs: Sequence[Sequence[str]], labels: Sequence[str | None], hyps: Sequence[str],
-                  metrics: Sequence[str] | None = None) -> dict:
-    """E2E metrics over all sources, and under "groups" per group label (when the sources have labels)."""
-    res = score_outputs(refs, hyps, metrics)
-    names = list(dict.fromkeys(label for label in labels if label is not None))
-    if names:
-        res["groups"] = {}
-        for name in names:
-            idx = [i for i, label in enumerate(labels) if label == name]
-            sub = score_outputs([refs[i] for i in idx], [hyps[i] for i in idx], metrics)
-            res["groups"][name] = {k: v for k, v in sub.items() if k != "signature"} | {"n_sources": len(idx)}
-    return res
-
-
 # ------------------------------------------------------------------------------------------ per dataset
 
 def _e2e_examples(cfg: RunConfig, split: str) -> list[Example]:
@@ -122,8 +108,8 @@ def _webnlg_decode(cfg: RunConfig, split: str, limit: int | None) -> DecodeSet:
 
 def _custom_decode(cfg: RunConfig, split: str, limit: int | None) -> DecodeSet:
     groups = owndata.source_groups(_custom_rows(cfg, split))[:limit]
-    refs, labels = [g.refs for g in groups], [g.group for g in groups]
-    return DecodeSet([g.source for g in groups], refs, lambda hyps, metrics: score_grouped(refs, labels, hyps, metrics))
+    return DecodeSet([g.source for g in groups], [g.refs for g in groups], lambda hyps, metrics: owndata.score_by_group(
+        groups, hyps, lambda refs, outs: score_outputs(refs, outs, metrics)))
 
 
 EXAMPLES: dict[str, Callable[[RunConfig, str], list[Example]]] = {

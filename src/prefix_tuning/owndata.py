@@ -18,7 +18,7 @@ import csv
 import io
 import json
 import os
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
@@ -118,3 +118,21 @@ def source_groups(rows: Sequence[Row]) -> list[SourceGroup]:
             raise DataError(f"{r.where}: group {r.group!r} for a source labelled {first[0]!r} at {first[1]}; "
                             "expected one group per source")
     return [SourceGroup(s, tuple(t), labels[s][0]) for s, t in refs.items()]
+
+
+def score_by_group(groups: Sequence[SourceGroup], hyps: Sequence[str],
+                   score: Callable[[list[list[str]], list[str]], dict]) -> dict:
+    """`score(refs, hyps)` over all sources, and under "groups" per group label (when the sources have labels,
+    in order of first appearance), each with its "n_sources"."""
+    if len(hyps) != len(groups):
+        raise ValueError(f"{len(hyps)} outputs for {len(groups)} unique sources; expected one output per source")
+    refs = [list(g.refs) for g in groups]
+    res = score(refs, list(hyps))
+    labels = list(dict.fromkeys(g.group for g in groups if g.group is not None))
+    if labels:
+        res["groups"] = {}
+        for label in labels:
+            idx = [i for i, g in enumerate(groups) if g.group == label]
+            sub = score([refs[i] for i in idx], [hyps[i] for i in idx])
+            res["groups"][label] = {k: v for k, v in sub.items() if k != "signature"} | {"n_sources": len(idx)}
+    return res
