@@ -91,9 +91,10 @@ def load_rows(path: str | os.PathLike, fmt: Format = "jsonl", *, source_field: s
         for f in fields:
             value = rec.get(f)
             if not isinstance(value, str) or not value.strip():
-                got = "missing" if f not in rec else f"{value!r}"
+                got = "missing" if value is None else f"{value!r}"
+                found = ", ".join(str(k) for k, v in rec.items() if v is not None) or "none"
                 raise DataError(f"{p}:{n}: field {f!r} {got}; expected a non-empty string in field {f!r} "
-                                f"(fields found: {', '.join(map(str, rec)) or 'none'})")
+                                f"(fields found: {found})")
         rows.append(Row(rec[source_field].strip(), rec[target_field].strip(),
                         rec[group_field].strip() if group_field else None, f"{p}:{n}"))
     if not rows:

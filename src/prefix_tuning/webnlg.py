@@ -248,8 +248,7 @@ def score_outputs(entries: Sequence[Entry], groups: Sequence[MRGroup], hyps: Seq
     BLEU, METEOR and TER as fractions per category split (`metrics.score_webnlg`).
 
     hyps: one output per `decode_groups(entries)` group (what `generate` writes), or one per entry. metrics:
-    names other than BLEU/METEOR/TER are ignored (None: all three); without Java, METEOR is skipped with a
-    warning. Characters the built-in transliteration cannot map are dropped (see `_transliterable`)."""
+    some of BLEU, METEOR, TER (None: all three); without Java, METEOR is skipped with a warning. Characters the built-in transliteration cannot map are dropped (see `_transliterable`)."""
     hyps = _transliterable(hyps)
     if len(hyps) == len(groups):
         per_entry = outputs_per_entry(entries, groups, hyps)
@@ -258,9 +257,11 @@ def score_outputs(entries: Sequence[Entry], groups: Sequence[MRGroup], hyps: Seq
     else:
         raise ValueError(f"{len(hyps)} outputs; expected one per unique source ({len(groups)}) or one per entry "
                          f"({len(entries)})")
-    wanted = [m for m in WEBNLG_METRICS if metrics is None or m in {x.strip().upper() for x in metrics}]
-    if not wanted:
-        raise ValueError(f"no WebNLG metric in {list(metrics or [])}; choose from {', '.join(WEBNLG_METRICS)}")
+    names = set(WEBNLG_METRICS) if metrics is None else {x.strip().upper() for x in metrics if x.strip()}
+    if not names or names - set(WEBNLG_METRICS):
+        raise ValueError(f"unknown WebNLG metric(s) {sorted(names - set(WEBNLG_METRICS))} or none; choose from "
+                         f"{', '.join(WEBNLG_METRICS)}")
+    wanted = [m for m in WEBNLG_METRICS if m in names]
     refs, seen = [e.refs for e in entries], [e.seen for e in entries]
     try:
         res = score_webnlg(per_entry, refs, seen, wanted)
