@@ -143,3 +143,15 @@ def test_generate_mrs_file_is_used_verbatim_for_other_datasets(tmp_path, monkeyp
     src.write_text("name : Aromi | food : Chinese\n\ncity : Oslo\n")
     assert load_tables("test", cfg, mrs=src) == (["name : Aromi | food : Chinese", "city : Oslo"], None, None)
     shutil.rmtree(tmp_path)
+
+
+def test_custom_without_dev_file_and_too_long_source(tmp_path):
+    """No dev file: no dev examples (no dev loss). A source longer than max_length names its file:line."""
+    from prefix_tuning.data import E2EDataset
+    from prefix_tuning.models import load_tokenizer
+
+    cfg = load_config(None, ["data.dataset=custom", f"data.train={TINY}"])
+    train, dev = corpora.train_dev_examples(cfg)
+    assert len(train) == 6 and dev == []
+    with pytest.raises(DataError, match=r"tiny_custom.jsonl:1: prompt of \d+ tokens"):
+        E2EDataset(train, load_tokenizer("tiny-gpt2"), max_length=8)
