@@ -123,3 +123,31 @@ def test_plan_recipes():
     assert t.runs[0].cfg.train.lr == 8e-5 and t.runs[2].cfg.method.top_k_layers == 2
     d = experiments.plan("demo")
     assert d.test_limit == 100 and d.runs[0].cfg.model.name == "smollm2-135m" and len(d.runs) == 2
+
+
+def test_quick_webnlg(tmp_path):
+    """`reproduce webnlg --quick` (one seed here to stay fast): S/U/A scores per run, the paper's rows, the plot,
+    every run's outputs. --quick scores BLEU and TER only (METEOR's JVM would add ~15 s per run)."""
+    out = tmp_path / "results"
+    assert main(["reproduce", "webnlg", "--quick", "--seeds", "0", "--out", str(out),
+                 "--runs-dir", str(tmp_path / "runs")]) == 0
+    data = json.loads((out / "results.json").read_text())
+    assert [r["name"] for r in data["runs"]] == ["prefix-s0", "finetune-s0"]
+    for r in data["runs"]:
+        assert set(r["metrics"]) == {"S", "U", "A"} and set(r["metrics"]["A"]) == {"BLEU", "TER"}
+        assert r["config"]["data"]["dataset"] == "webnlg" and r["config"]["data"]["train_size"] == 24
+        assert len((out / "outputs" / f"{r['name']}.txt").read_text().splitlines()) == 8
+    table = (out / "table.md").read_text()
+    assert "| paper (GPT-2 M, full) | prefix | - | 62.9 | 45.6 | 55.1 |" in table and "| ours | prefix | 1 |" in table
+    assert (out / "webnlg.png").stat().st_size > 0
+    assert experiments.report(out) == table  # rebuilt from results.json alone
+
+
+def test_webnlg_plan():
+    p = experiments.plan("webnlg")
+    assert [x.name for x in p.runs] == ["prefix-s0", "finetune-s0", "prefix-s1", "finetune-s1"]
+    assert p.test_limit is None and p.metrics is None and p.runs[0].cfg.model.name == "smollm2-135m"
+    c = p.runs[0].cfg
+    assert (c.data.dataset, c.data.train_size, c.data.subset_seed, c.method.prefix_length) == ("webnlg", 500, 0, 5)
+    assert (c.train.lr, c.train.batch_size, c.train.epochs, c.train.seed) == (5e-5, 5, 5, 101)
+    assert p.runs[3].cfg.data.subset_seed == 1 and p.runs[3].cfg.method.name == "finetune"

@@ -117,7 +117,8 @@ def add_generate_parser(subparsers) -> argparse.ArgumentParser:
     p.add_argument("run_dirs", nargs="+", metavar="RUN_DIR", help="run dir(s) holding config.yaml and "
                    "prefix.safetensors or model.safetensors")
     p.add_argument("--split", default="test", choices=("dev", "test", "train"),
-                   help="E2E split whose unique MRs are decoded (default: test, as in the paper's Table 1)")
+                   help="split of the run's dataset (data.dataset: e2e, webnlg or custom) whose unique sources are "
+                   "decoded (default: test, as in the paper's Table 1)")
     p.add_argument("--mrs", metavar="FILE", help="decode the MRs of FILE instead (one `slot[value], ...` MR a "
                    "line; no references, so no scores); outputs go to RUN_DIR/outputs-<FILE stem>.txt")
     p.add_argument("--out", metavar="FILE", help="outputs file (default RUN_DIR/outputs-SPLIT.txt); refs and "
@@ -148,7 +149,8 @@ def cmd_generate(args: argparse.Namespace) -> int:
         line = str(f.outputs)
         if not args.no_scores and args.mrs is None:  # scores were written
             res = json.loads(f.scores.read_text(encoding="utf-8"))
-            line += "  " + "  ".join(f"{k} {res[k]:.4f}" for k in METRICS if k in res)
+            res = res.get("A", res)  # WebNLG: the scores of all categories (S and U are in the scores file)
+            line += "  " + "  ".join(f"{k} {v:.4f}" for k, v in res.items() if k in METRICS or k == "TER")
         print(line)
     return 0
 

@@ -44,6 +44,23 @@ class ModelConfig:
 
 @dataclass
 class DataConfig:
+    dataset: Literal["e2e", "webnlg", "custom"] = "e2e"
+    """`e2e` (Novikova et al. 2017), `webnlg` (2017 challenge, scored on seen/unseen/all categories) or `custom`:
+    your own files (`format`, `train`/`dev`/`test`, `*_field`; see `prefix_tuning.owndata`)."""
+    format: Literal["jsonl", "csv", "tsv"] = "jsonl"
+    """custom: file format (JSON lines, or CSV/TSV with a header row)."""
+    train: str | None = None
+    """custom: training file (required)."""
+    dev: str | None = None
+    """custom: dev file (dev loss, `generate --split dev`); None: no dev loss."""
+    test: str | None = None
+    """custom: test file (`generate --split test`)."""
+    source_field: str = "source"
+    """custom: field (or column) holding the source: the prompt, like E2E's table."""
+    target_field: str = "target"
+    """custom: field holding the target text; rows with the same source are several references of it."""
+    group_field: str | None = None
+    """custom: optional field labelling each source's group (like WebNLG categories); scores per group too."""
     dir: str | None = None
     """Folder holding `e2e/e2e-dataset.zip` (or its CSVs). None: $PREFIX_TUNING_DATA, then the user cache
     (downloading the official release when online)."""
@@ -450,6 +467,8 @@ def validate(cfg: RunConfig) -> None:
     if cfg.method.name == "prefix" and cfg.method.init == "random" and cfg.method.prefix_length is None:
         raise ConfigError("method.prefix_length: required for a randomly initialised prefix",
                           ("method.prefix_length", "method.init", "method.name"))
+    if cfg.data.dataset == "custom" and not cfg.data.train:
+        raise ConfigError("data.train: required with data.dataset=custom (a jsonl/csv/tsv file)", ("data.train",))
     if cfg.decode.min_new_tokens > cfg.decode.max_new_tokens:
         raise ConfigError("decode.min_new_tokens must not exceed decode.max_new_tokens",
                           ("decode.min_new_tokens", "decode.max_new_tokens"))

@@ -179,7 +179,11 @@ class E2EDataset(torch.utils.data.Dataset):
         for i in range(0, len(self.examples), chunk):
             part = self.examples[i:i + chunk]
             refs = _text_ids(tokenizer, [f" {e.ref} " for e in part])
-            self.items += [_assemble(start, tables[e.table], r, eos, max_length) for e, r in zip(part, refs)]
+            for e, r in zip(part, refs):
+                try:
+                    self.items.append(_assemble(start, tables[e.table], r, eos, max_length))
+                except DataError as err:
+                    raise DataError(f"{e.source or 'example ' + str(len(self.items))}: {err}") from None
 
     def __len__(self) -> int:
         return len(self.items)

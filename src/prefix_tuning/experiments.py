@@ -12,6 +12,8 @@ Experiments (Li & Liang 2021), one entry each in `EXPERIMENTS`:
 - demo:     the README's main job: lowdata at 100 examples, one seed, on a real pretrained model, sized to
             ~15 minutes on a 2-core CPU in fp32: 40% of §7.1's step budget (prefix 80, FT 40 steps; the dev
             loss bottoms out after 15-40 steps at this size), 100 test MRs.
+- webnlg:   prefix-tuning vs fine-tuning on WebNLG 2017 (Table 1's S/U/A columns), the appendix's WebNLG recipe
+            on a seeded 500-row training subset (CPU-sized; dev = 30% more rows), 2 seeds, all 1,862 test sources.
 """
 
 from __future__ import annotations
@@ -22,7 +24,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from . import paper
+from . import paper, webnlg_report
 from . import report as rep
 from .config import RunConfig, apply_overrides, from_dict, to_dict
 from .generate import generate_run
@@ -47,6 +49,7 @@ class Plan:
     experiment: str
     runs: list[Run]
     test_limit: int | None  # first N unique test MRs (order of first appearance); None = all 630
+    metrics: tuple[str, ...] | None = None  # scored metrics; None = all of the dataset's
 
 
 def _cfg(base: dict, overrides: list[str], **sections) -> RunConfig:
@@ -122,6 +125,22 @@ def _lowdata_runs(grid: Grid) -> list[RunSpec]:
                            lambda m, size: paper.LOWDATA_STEPS[m].get(size, 400))
 
 
+def _webnlg_runs(grid: Grid) -> list[RunSpec]:
+    """Prefix-tuning and fine-tuning per seed (subsample and training seed) on a WebNLG training subset."""
+    size = 24 if grid.quick else (grid.train_size or paper.WEBNLG_TRAIN_SIZE)
+    runs = []
+    for seed in grid.seeds:
+        for m in ("prefix", "finetune"):
+            method = {"name": m} | ({"prefix_length": paper.WEBNLG_PREFIX_LENGTH} if m == "prefix" else {})
+            train = ({"max_steps": 6, "lr": 1e-3} if grid.quick else
+                     {"epochs": paper.WEBNLG_EPOCHS, "lr": paper.WEBNLG_LR[m], "batch_size": paper.WEBNLG_BATCH})
+            runs.append((f"{m}-s{seed}", {"method": m, "size": size, "seed": seed},
+                         {"method": method, "train": train | {"seed": 101 + seed},
+                          "data": {"dataset": "webnlg", "train_size": size, "subset_seed": seed,
+                                   "max_length": 512}}))  # longest WebNLG sequence: 261 GPT-2 tokens
+    return runs
+
+
 def _demo_runs(grid: Grid) -> list[RunSpec]:
     return _size_seed_runs((16,) if grid.quick else (100,), grid.seeds[:1], grid.quick, lambda m, size: DEMO_STEPS[m])
 
@@ -136,6 +155,7 @@ class Experiment:
     plots: tuple[Callable[[dict, Path], Path], ...]
     default_model: str = "gpt2-medium"  # the paper's
     default_test_limit: int | None = None  # first N unique test MRs (order of first appearance); None = all 630
+    quick_metrics: tuple[str, ...] | None = None  # --quick scores only these (None: all)
 
 
 EXPERIMENTS = {e.name: e for e in [
@@ -144,6 +164,8 @@ EXPERIMENTS = {e.name: e for e in [
     Experiment("lowdata", _lowdata_runs, (rep.seed_means, rep.speed_and_storage), (rep.lowdata_plot,)),
     Experiment("demo", _demo_runs, (rep.seed_means, rep.speed_and_storage), (rep.method_bars,),
                default_model="smollm2-135m", default_test_limit=100),
+    Experiment("webnlg", _webnlg_runs, (webnlg_report.sua_table, rep.speed_and_storage), (webnlg_report.sua_plot,),
+               default_model="smollm2-135m", quick_metrics=("BLEU", "TER")),  # METEOR's JVM: ~15 s per run
 ]}
 
 
@@ -166,10 +188,12 @@ def plan(name: str, *, model: str | None = None, grid: Grid = Grid(), test_limit
         cfg.out_dir = str(runs_dir / name / run_name)
         runs.append(Run(run_name, cfg, group))
     default_limit = QUICK_TEST_LIMIT if grid.quick else exp.default_test_limit
-    return Plan(name, runs, test_limit if test_limit is not None else default_limit)
+    return Plan(name, runs, test_limit if test_limit is not None else default_limit,
+                exp.quick_metrics if grid.quick else None)
 
 
-def run_one(run: Run, test_limit: int | None, out_dir: Path, keep_checkpoints: bool = False) -> dict:
+def run_one(run: Run, test_limit: int | None, out_dir: Path, keep_checkpoints: bool = False,
+            metrics: tuple[str, ...] | None = None) -> dict:
     """train -> generate -> evaluate for one run, skipping whatever already finished."""
     rd = RunDir(run.cfg.out_dir)
     done = read_result(rd)
@@ -183,11 +207,11 @@ def run_one(run: Run, test_limit: int | None, out_dir: Path, keep_checkpoints: b
     res = train(run.cfg)
     t1 = time.perf_counter()
     files = generate_run(rd.path, "test", rd.result_decoded.outputs, limit=test_limit, device=run.cfg.train.device,
-                         progress=True)
+                         progress=True, metrics=metrics)
     t2 = time.perf_counter()
     scores = json.loads(files.scores.read_text(encoding="utf-8"))
     result = {"name": run.name, **run.group, "method_name": run.cfg.method.name,
-              "metrics": {k: scores[k] for k in METRICS if k in scores}, "metrics_signature": scores.get("signature"),
+              "metrics": {k: v for k, v in scores.items() if k in METRICS or k in webnlg_report.SPLITS}, "metrics_signature": scores.get("signature"),
               "train_seconds": res.train_seconds, "seconds_per_epoch": res.seconds_per_epoch, "steps": res.steps,
               "best_dev_loss": res.best_dev_loss, "stored_params": res.stored_params,
               "trainable_params": res.trainable_params, "checkpoint_bytes": res.artifact.stat().st_size,
@@ -220,7 +244,7 @@ def reproduce(p: Plan, out_dir: Path, *, keep_checkpoints: bool = False) -> list
     results = []
     for i, run in enumerate(p.runs, 1):
         print(f"[{p.experiment}] run {i}/{len(p.runs)}: {run.name}", flush=True)
-        results.append(run_one(run, p.test_limit, out_dir, keep_checkpoints))
+        results.append(run_one(run, p.test_limit, out_dir, keep_checkpoints, p.metrics))
         write_results(p.experiment, results, out_dir)  # partial results survive a crash
     report(out_dir)
     return results

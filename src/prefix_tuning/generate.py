@@ -12,7 +12,6 @@ which `decode.decode` uses so as to leave a caller's model untouched).
 from __future__ import annotations
 
 import dataclasses
-import sys
 import time
 from collections.abc import Sequence
 from pathlib import Path
@@ -20,11 +19,10 @@ from pathlib import Path
 from torch import Tensor, nn
 
 from .config import DecodeConfig, RunConfig, validate
-from .data import group_by_mr, linearize_mr, load_e2e
+from .corpora import Scorer, decode_set, score_outputs  # noqa: F401  (score_outputs re-exported)
+from .data import linearize_mr
 from .decode import decode
 from .hardware import dtype_of, resolve_precision, set_threads
-from .metrics import JavaNotFoundError, normalize_metrics, score, signature
-from .metrics.api import JAVA_METRICS
 from .models import KVShape, resolve_device
 from .run import DecodeFiles, RunDir, load_run, read_config, read_prefix, write_decoded
 
@@ -40,42 +38,25 @@ class GenerateJob:
     decode_cfg: DecodeConfig
     tables: list[str]
     refs: list[tuple[str, ...]] | None
+    score: Scorer | None  # outputs -> scores JSON (None: no references)
     files: DecodeFiles
     name: str  # the split, or the MR file's stem
 
 
 def load_tables(split: str, cfg: RunConfig, *, limit: int | None = None, mrs: str | Path | None = None
-                ) -> tuple[list[str], list[tuple[str, ...]] | None]:
-    """Linearised tables (one per unique MR, order of first appearance) and their references.
-
-    From the run's E2E data (`cfg.data.variant`, `cfg.data.dir`), or from `mrs`: a file with one MR per line
-    (`name[The Eagle], eatType[pub]`; blank lines skipped), which has no references."""
-    # tables in the form the run trained on; references always raw (the official scorer's)
-    tokenized = cfg.data.ref_style == "tokenized"
+                ) -> tuple[list[str], list[tuple[str, ...]] | None, Scorer | None]:
+    """Tables (one per unique source, order of first appearance), their references and their scorer, from the
+    run's dataset (`corpora.decode_set`: e2e, webnlg or custom), or from `mrs`: a file with one source per
+    line (E2E: an MR `name[The Eagle], eatType[pub]`, linearised; other datasets: the source as is; blank lines
+    skipped), which has no references."""
     if mrs is not None:
         lines = Path(mrs).read_text(encoding="utf-8").splitlines()
-        tables = [linearize_mr(line.strip(), where=f"{mrs}:{n}", tokenized=tokenized)
-                  for n, line in enumerate(lines, 1) if line.strip()]
-        return tables[:limit], None
-    groups = group_by_mr(load_e2e(split, variant=cfg.data.variant, data_dir=cfg.data.dir,
-                                  on_error=cfg.data.on_error))[:limit]
-    tables = [linearize_mr(g.mr, tokenized=True) for g in groups] if tokenized else [g.table for g in groups]
-    return tables, [tuple(g.refs) for g in groups]
-
-
-def score_outputs(refs: Sequence[Sequence[str]], hyps: list[str], metrics: Sequence[str] | None = None) -> dict:
-    """`metrics.score` and its `signature`; without Java, only the metrics that need none (with a warning)."""
-    wanted = normalize_metrics(metrics)
-    refs = [list(r) for r in refs]
-    try:
-        res = score(refs, hyps, wanted)
-    except JavaNotFoundError as e:
-        rest = [m for m in wanted if m not in JAVA_METRICS]
-        if not rest:
-            raise
-        print(f"warning: {e}; scoring {', '.join(rest)} only", file=sys.stderr)
-        wanted, res = rest, score(refs, hyps, rest)
-    return {**res, "signature": signature(wanted)}
+        tokenized = cfg.data.ref_style == "tokenized"
+        tables = [(linearize_mr(line.strip(), where=f"{mrs}:{n}", tokenized=tokenized)
+                   if cfg.data.dataset == "e2e" else line.strip()) for n, line in enumerate(lines, 1) if line.strip()]
+        return tables[:limit], None, None
+    ds = decode_set(cfg, split, limit)
+    return ds.tables, ds.refs, ds.score
 
 
 def _decode_cfg(run_cfg: RunConfig, overrides: dict) -> DecodeConfig:
@@ -117,8 +98,8 @@ def generate_runs(run_dirs: Sequence[str | Path], split: str = "test", *, out: s
     for run in map(RunDir, run_dirs):
         cfg = read_config(run)
         dcfg = _decode_cfg(cfg, overrides)
-        tables, refs = load_tables(split, cfg, limit=limit, mrs=mrs)
-        job = GenerateJob(run, cfg, dcfg, tables, refs, run.decoded(name, out), name)
+        tables, refs, scorer = load_tables(split, cfg, limit=limit, mrs=mrs)
+        job = GenerateJob(run, cfg, dcfg, tables, refs, scorer, run.decoded(name, out), name)
         jobs.append(job)
         shared = run.artifact(cfg) == run.prefix  # prefix runs of one base model share it
         key = ("prefix", cfg.model.name, cfg.model.revision) if shared else ("model", str(run.path.resolve()))
@@ -143,8 +124,8 @@ def generate_runs(run_dirs: Sequence[str | Path], split: str = "test", *, out: s
         for job in group:
             hyps, at = texts[at:at + len(job.tables)], at + len(job.tables)
             res = None
-            if job.refs is not None and scores:
-                res = score_outputs(job.refs, hyps, metrics)
+            if job.score is not None and scores:
+                res = job.score(hyps, metrics)
                 res.update(split=job.name, n_mrs=len(hyps), decode=dataclasses.asdict(d), threads=threads,
                            decode_seconds=round(seconds, 2), decoded_with=[str(j.run.path) for j in group])
             write_decoded(job.files, hyps, job.refs, res)

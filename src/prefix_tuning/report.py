@@ -43,8 +43,8 @@ def make_table(data: dict, sections: Sequence[Callable[[dict], list[str]]] = ())
     lines = [f"# {exp}", ""]
     if runs:
         cfg = runs[0]["config"]
-        lines += [(f"Model `{cfg['model']['name']}`; test MRs scored: {runs[0]['test_mrs']} (unique MRs of the E2E "
-                   f"test set in order of first appearance); BLEU, METEOR, ROUGE-L in %. Metrics signature: "
+        lines += [(f"Model `{cfg['model']['name']}`; test MRs scored: {runs[0]['test_mrs']} (unique sources of the "
+                   f"{cfg['data'].get('dataset', 'e2e')} test set in order of first appearance); BLEU, METEOR, ROUGE-L in %. Metrics signature: "
                    f"`{runs[0].get('metrics_signature')}`."), "",
                   (f"Setup of the first run (see results.json for each): train size {cfg['data']['train_size'] or 'all'}, "
                    f"method init `{cfg['method']['init']}`, lr {cfg['train']['lr']}, batch {cfg['train']['batch_size']}, "

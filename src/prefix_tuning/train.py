@@ -25,7 +25,8 @@ from tqdm.auto import tqdm
 
 from .checkpoint import RESTART, CorruptFileError, load_checkpoint, remove_stale_temps, save_checkpoint
 from .config import RunConfig, save_config
-from .data import IGNORE_INDEX, E2EDataset, collate, load_e2e, low_data_split
+from .corpora import train_dev_examples
+from .data import IGNORE_INDEX, E2EDataset, collate
 from .hardware import describe_cpu, dtype_of, resolve_precision, set_threads
 from .methods import Method, build_method, stored_numel
 from .models import load_model, load_tokenizer, resolve_device
@@ -47,17 +48,9 @@ class TrainResult:
 
 
 def load_examples(cfg: RunConfig):
-    """Train and dev examples per the data config (low-data aware). Runs first: bad data fails fast."""
-    kw = {"variant": cfg.data.variant, "data_dir": cfg.data.dir, "on_error": cfg.data.on_error,
-          "ref_style": cfg.data.ref_style}
-    train = load_e2e("train", **kw)
-    if cfg.data.train_size is not None:
-        train, dev = low_data_split(train, cfg.data.train_size, cfg.data.subset_seed)
-    else:
-        dev = load_e2e("dev", **kw)
-    if cfg.data.dev_size is not None:
-        dev = dev[: cfg.data.dev_size]
-    return train, dev
+    """Train and dev examples of the run's dataset (e2e, webnlg or custom; low-data aware, see
+    `corpora.train_dev_examples`). Runs first: bad data fails fast."""
+    return train_dev_examples(cfg)
 
 
 def batch_loss(method: Method, batch: dict[str, Tensor], mode: str, dtype: torch.dtype | None) -> tuple[Tensor, int]:

@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import os
 import re
+import sys
 import tarfile
 import xml.etree.ElementTree as ET
 from collections.abc import Iterable, Sequence
@@ -37,6 +38,10 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from .e2e import ENV_VAR, DataError, Example, MRGroup, cache_root
+from .metrics import JavaNotFoundError, score_webnlg, webnlg_signature
+from .metrics.io import EvalInputError
+from .metrics.webnlg import METRICS as WEBNLG_METRICS
+from .metrics.webnlg import transliterator
 
 ARCHIVE = "webnlg2017-challenge.tar.gz"
 SPLITS = ("train", "dev", "test", "test_unseen")
@@ -237,6 +242,62 @@ def outputs_per_entry(entries: Sequence[Entry], groups: Sequence[MRGroup], outpu
     return [by_table[e.table] for e in entries]
 
 
+def score_outputs(entries: Sequence[Entry], groups: Sequence[MRGroup], hyps: Sequence[str],
+                  metrics: Sequence[str] | None = None) -> dict:
+    """The challenge's scores of `hyps`: `{"S": {...}, "U": {...}, "A": {...}, "n_entries", "signature"}` with
+    BLEU, METEOR and TER as fractions per category split (`metrics.score_webnlg`).
+
+    hyps: one output per `decode_groups(entries)` group (what `generate` writes), or one per entry. metrics:
+    some of BLEU, METEOR, TER (None: all three); without Java, METEOR is skipped with a warning. Characters the built-in transliteration cannot map are dropped (see `_transliterable`)."""
+    hyps = _transliterable(hyps)
+    if len(hyps) == len(groups):
+        per_entry = outputs_per_entry(entries, groups, hyps)
+    elif len(hyps) == len(entries):
+        per_entry = hyps
+    else:
+        raise ValueError(f"{len(hyps)} outputs; expected one per unique source ({len(groups)}) or one per entry "
+                         f"({len(entries)})")
+    names = set(WEBNLG_METRICS) if metrics is None else {x.strip().upper() for x in metrics if x.strip()}
+    if not names or names - set(WEBNLG_METRICS):
+        raise ValueError(f"unknown WebNLG metric(s) {sorted(names - set(WEBNLG_METRICS))} or none; choose from "
+                         f"{', '.join(WEBNLG_METRICS)}")
+    wanted = [m for m in WEBNLG_METRICS if m in names]
+    refs, seen = [e.refs for e in entries], [e.seen for e in entries]
+    try:
+        res = score_webnlg(per_entry, refs, seen, wanted)
+    except JavaNotFoundError as e:
+        wanted = [m for m in wanted if m != "METEOR"]
+        if not wanted:
+            raise
+        print(f"warning: {e}; scoring {', '.join(wanted)} only", file=sys.stderr)
+        res = score_webnlg(per_entry, refs, seen, wanted)
+    return {**res, "n_entries": len(entries), "signature": webnlg_signature(wanted)}
+
+
+def _transliterable(hyps: Sequence[str]) -> list[str]:
+    """Outputs with the characters that the built-in transliteration cannot map (used when `Unidecode` is not
+    installed; e.g. U+FFFD from a token cut inside a UTF-8 character) dropped, with a warning."""
+    asc, _ = transliterator()
+    out, changed = [], 0
+    for h in hyps:
+        try:
+            asc(h)
+            out.append(h)
+        except EvalInputError:
+            kept = []
+            for ch in h:
+                try:
+                    kept.append(asc(ch) and ch)
+                except EvalInputError:
+                    pass
+            out.append("".join(kept))
+            changed += 1
+    if changed:
+        print(f"warning: {changed} output(s) hold characters without a built-in ASCII transliteration; dropped "
+              "them (`pip install Unidecode` to score them as the challenge did)", file=sys.stderr)
+    return out
+
+
 __all__ = [
     "ARCHIVE",
     "SEEN_CATEGORIES",
@@ -253,5 +314,6 @@ __all__ = [
     "load_webnlg",
     "outputs_per_entry",
     "parse_benchmark",
+    "score_outputs",
     "training_examples",
 ]

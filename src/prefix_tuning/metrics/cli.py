@@ -11,6 +11,7 @@ import json
 import sys
 from typing import Any
 
+from .. import owndata, webnlg
 from .api import JAVA_METRICS, METRICS, normalize_metrics, score_many, signature
 from .bootstrap import DEFAULT_SEED, paired_bootstrap
 from .io import EvalInputError, check_count, read_outputs, read_refs
@@ -37,6 +38,15 @@ examples:
   prefix-tuning evaluate refs.txt outputs.txt --json --metrics BLEU,NIST
   prefix-tuning evaluate refs.csv new.txt --compare old.txt --bootstrap-samples 1000
 
+  prefix-tuning evaluate --dataset webnlg --split test runs/webnlg/outputs-test.txt
+  prefix-tuning evaluate --dataset custom --format jsonl --group-field group test.jsonl outputs.txt
+
+--dataset webnlg: OUTPUT only (one line per unique source of the split, as `generate`
+writes, or one per entry); BLEU, METEOR, TER of the WebNLG 2017 challenge on seen (S),
+unseen (U) and all (A) categories, all three as fractions.
+--dataset custom: REFS is your jsonl/csv/tsv file (rows with the same source grouped,
+in order of first appearance); the E2E metrics, and per group with --group-field.
+
 exit status: 0 on success (also when Java metrics were skipped), 2 on unusable input.
 """
 
@@ -50,10 +60,23 @@ def add_evaluate_parser(subparsers: Any) -> argparse.ArgumentParser:
         epilog=_EPILOG,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    parser.add_argument("refs", metavar="REFS", help="references: E2E CSV (mr,ref) or grouped plain text")
+    parser.add_argument("refs", metavar="REFS", help="references: E2E CSV (mr,ref) or grouped plain text "
+                        "(--dataset webnlg: no REFS, give OUTPUT only)")
     parser.add_argument(
-        "output", metavar="OUTPUT", help="system outputs: one line per MR, or CSV/TSV with an MR column"
+        "output", metavar="OUTPUT", nargs="?", help="system outputs: one line per MR, or CSV/TSV with an MR column"
     )
+    parser.add_argument("--dataset", choices=("e2e", "webnlg", "custom"), default="e2e",
+                        help="e2e (default), webnlg (references from the WebNLG 2017 release, S/U/A scores) or "
+                        "custom (REFS is a jsonl/csv/tsv file of source/target rows)")
+    parser.add_argument("--split", default="test", choices=("train", "dev", "test"),
+                        help="--dataset webnlg: the split OUTPUT decodes (default test)")
+    parser.add_argument("--data-dir", default=None, help="--dataset webnlg: data folder (default "
+                        "$PREFIX_TUNING_DATA, then the user cache)")
+    parser.add_argument("--format", default=None, choices=("jsonl", "csv", "tsv"),
+                        help="--dataset custom: REFS format (default: from its extension)")
+    parser.add_argument("--source-field", default="source", help="--dataset custom: source field (default source)")
+    parser.add_argument("--target-field", default="target", help="--dataset custom: target field (default target)")
+    parser.add_argument("--group-field", default=None, help="--dataset custom: group label field, scored per group")
     parser.add_argument(
         "--json",
         action="store_true",
@@ -62,9 +85,10 @@ def add_evaluate_parser(subparsers: Any) -> argparse.ArgumentParser:
     )
     parser.add_argument(
         "--metrics",
-        default=",".join(METRICS),
+        default=None,
         metavar="LIST",
-        help=f"comma-separated subset of {','.join(METRICS)} (default: all five)",
+        help=f"comma-separated subset of {','.join(METRICS)} (default: all five; --dataset webnlg: of "
+        "BLEU,METEOR,TER, default all three)",
     )
     parser.add_argument(
         "--compare",
@@ -109,10 +133,61 @@ def _table(rows: list[tuple[str, list[str]]], header: list[str]) -> str:
     return "\n".join(lines)
 
 
+def _read_lines(path: str) -> list[str]:
+    with open(path, encoding="utf-8") as f:
+        return f.read().splitlines()
+
+
+def _webnlg_scores(args: argparse.Namespace) -> dict:
+    if args.output is not None:
+        raise ValueError("--dataset webnlg takes OUTPUT only (the references come from the WebNLG release)")
+    entries = webnlg.load_webnlg(args.split, data_dir=args.data_dir)
+    return webnlg.score_outputs(entries, webnlg.decode_groups(entries), _read_lines(args.refs),
+                                [m for m in args.metrics.split(",") if m.strip()] if args.metrics else None)
+
+
+def _custom_scores(args: argparse.Namespace) -> dict:
+    if args.output is None:
+        raise ValueError("--dataset custom needs REFS (your data file) and OUTPUT")
+    fmt = args.format or args.refs.rsplit(".", 1)[-1].lower()
+    if fmt not in ("jsonl", "csv", "tsv"):
+        raise ValueError(f"{args.refs}: cannot tell the format from the extension; pass --format jsonl|csv|tsv")
+    groups = owndata.source_groups(owndata.load_rows(args.refs, fmt, source_field=args.source_field,
+                                                     target_field=args.target_field, group_field=args.group_field))
+    hyps = _read_lines(args.output)
+    check_count(args.output, len(hyps), len(groups))
+    wanted = normalize_metrics(part for part in (args.metrics or ",".join(METRICS)).split(",") if part.strip())
+    return owndata.score_by_group(groups, hyps, lambda refs, outs: _score_with_fallback(refs, [outs], wanted)[0])
+
+
+def _print_nested(res: dict) -> None:
+    """One line per split or group: `NAME  METRIC value ...` (flat metrics are `all`)."""
+    rows = {"all": {k: v for k, v in res.items() if isinstance(v, float)}}
+    for name, sub in res.items():
+        if isinstance(sub, dict):
+            rows.update(sub if name == "groups" else {name: sub})
+    for name, sub in rows.items():
+        if sub:
+            print(f"{name}  " + "  ".join(f"{k} {v:.4f}" for k, v in sub.items() if isinstance(v, float)))
+
+
 def run_evaluate(args: argparse.Namespace) -> int:
     """Run ``evaluate``; returns the process exit status."""
+    if args.dataset != "e2e":
+        try:
+            res = (_webnlg_scores if args.dataset == "webnlg" else _custom_scores)(args)
+        except (EvalInputError, ValueError, OSError) as err:
+            print(f"error: {err}", file=sys.stderr)
+            return 2
+        if args.json:
+            print(json.dumps(res))
+        else:
+            _print_nested(res)
+        return 0
     try:
-        wanted = normalize_metrics(part for part in args.metrics.split(",") if part.strip())
+        if args.output is None:
+            raise ValueError("expected REFS and OUTPUT (or --dataset webnlg OUTPUT)")
+        wanted = normalize_metrics(part for part in (args.metrics or ",".join(METRICS)).split(",") if part.strip())
         if args.compare is not None and args.bootstrap_samples < 1:
             raise ValueError("--bootstrap-samples must be at least 1")
         mrs, refs = read_refs(args.refs)
