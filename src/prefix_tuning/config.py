@@ -468,6 +468,8 @@ def validate(cfg: RunConfig) -> None:
     if cfg.decode.min_new_tokens > cfg.decode.max_new_tokens:
         raise ConfigError("decode.min_new_tokens must not exceed decode.max_new_tokens",
                           ("decode.min_new_tokens", "decode.max_new_tokens"))
+    if cfg.method.embedding_only and cfg.method.name != "prefix":
+        raise ConfigError("method.embedding_only: only for method.name=prefix", ("method.embedding_only",))
     if not 0.0 <= cfg.method.lora_dropout < 1.0:
         raise ConfigError(f"method.lora_dropout: must be in [0, 1), got {cfg.method.lora_dropout}",
                           ("method.lora_dropout",))

@@ -49,7 +49,7 @@ from torch import Tensor, nn
 
 from .engine import Engine, EngineClosed, QueueFull, Request
 from .data import eos_id_of
-from .run import RunDir, read_config
+from .run import RunDir, load_run, read_config
 from .serve_api import ApiError, Completion, beam_completion, error_body, parse_completion
 
 log = logging.getLogger(__name__)
@@ -144,13 +144,12 @@ def load_state(model: str, prefixes: list[str], *, device: str = "auto", precisi
         name, revision, data_dir, model_id = cfg.model.name, cfg.model.revision, cfg.data.dir, cfg.model.name
         if run.artifact(cfg) == run.prefix:
             extra = [str(run.path)]
-        else:
-            weights, model_id = run.model, run.path.resolve().name
-    m = load_model(name, revision=revision)
-    if weights is not None:
-        from safetensors.torch import load_model as st_load
-
-        st_load(m, str(weights))
+        elif cfg.method.embedding_only:
+            raise ValueError(f"{run.path}: embedding-only runs cannot be served yet; decode them with "
+                             "`prefix-tuning generate`")
+        else:  # its own weights, or the base model with its method's stored part (FT-top2, adapter, LoRA)
+            weights, model_id = run.path, run.path.resolve().name
+    m = load_run(weights).model if weights is not None else load_model(name, revision=revision)
     tok = load_tokenizer(name, data_dir)
     prec = resolve_precision(precision, dev)
     m = m.to(device=dev, dtype=dtype_of(prec) or torch.float32).eval().requires_grad_(False)
