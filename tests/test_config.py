@@ -29,7 +29,9 @@ CONFIGS = sorted((Path(__file__).resolve().parents[1] / "configs").glob("*.yaml"
 
 def test_configs_exist():
     names = {p.name for p in CONFIGS}
-    assert {"e2e_prefix_gpt2-medium.yaml", "e2e_finetune_gpt2-medium.yaml", "tiny_prefix.yaml"} <= names
+    assert {"e2e_prefix_gpt2-medium.yaml", "e2e_finetune_gpt2-medium.yaml", "tiny_prefix.yaml",
+            "e2e_finetune-top2_gpt2-medium.yaml", "e2e_adapter-3%_gpt2-medium.yaml", "e2e_adapter-0.1%_gpt2-medium.yaml",
+            "e2e_lora_gpt2-medium.yaml"} <= names  # every Table 1 row
 
 
 @pytest.mark.parametrize("path", CONFIGS, ids=lambda p: p.name)
