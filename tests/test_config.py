@@ -29,7 +29,9 @@ CONFIGS = sorted((Path(__file__).resolve().parents[1] / "configs").glob("*.yaml"
 
 def test_configs_exist():
     names = {p.name for p in CONFIGS}
-    assert {"e2e_prefix_gpt2-medium.yaml", "e2e_finetune_gpt2-medium.yaml", "tiny_prefix.yaml"} <= names
+    assert {"e2e_prefix_gpt2-medium.yaml", "e2e_finetune_gpt2-medium.yaml", "tiny_prefix.yaml",
+            "e2e_finetune-top2_gpt2-medium.yaml", "e2e_adapter-3%_gpt2-medium.yaml", "e2e_adapter-0.1%_gpt2-medium.yaml",
+            "e2e_lora_gpt2-medium.yaml"} <= names  # every Table 1 row
 
 
 @pytest.mark.parametrize("path", CONFIGS, ids=lambda p: p.name)
@@ -53,7 +55,9 @@ def test_defaults_are_the_papers():
     assert d["model"] == {"name": "gpt2-medium", "revision": None}
     assert d["method"] == {"name": "prefix", "prefix_length": 5, "reparam": True, "mlp_hidden": 512,
                            "prefix_dropout": 0.0, "init": "random", "init_text": "table-to-text:",
-                           "init_steps": 500, "backbone_dropout": False, "top_k_layers": 2}
+                           "init_steps": 500, "backbone_dropout": False, "top_k_layers": 2,
+                           "embedding_only": False, "adapter_bottleneck": None, "adapter_fraction": 0.03,
+                           "lora_rank": 4, "lora_alpha": 32.0, "lora_dropout": 0.1}
     assert {k: d["train"][k] for k in ["lr", "epochs", "batch_size", "grad_accum", "warmup_steps",
                                        "weight_decay", "max_grad_norm", "seed", "loss", "precision"]} == {
         "lr": 8e-5, "epochs": 5, "batch_size": 10, "grad_accum": 1, "warmup_steps": 0, "weight_decay": 0.0,
@@ -87,7 +91,12 @@ def test_unknown_key_lists_valid_ones(tmp_path):
 @pytest.mark.parametrize("override,match", [
     ("train.lr=fast", "expected a number"),
     ("train.batch_size=0", ">= 1"),
-    ("method.name=lora", "not one of"),
+    ("method.name=bitfit", "not one of"),
+    ("method.lora_dropout=1.0", "lora_dropout"),
+    ("method.lora_rank=0", "lora_rank"),
+    ("method.adapter_fraction=1.5", "adapter_fraction"),
+    ("method.adapter_bottleneck=0", "adapter_bottleneck"),
+    ("method.embedding_only=true method.name=lora", "embedding_only"),
     ("train.precision=int8", "not one of"),
     ("train.batch_size=20", None),
     ("train.grad_accum=3", "divisible"),
@@ -98,7 +107,7 @@ def test_bad_values(override, match):
         assert load_config(None, [override]).train.batch_size == 20  # not the default (10): it arrived
         return
     with pytest.raises(ConfigError, match=match):
-        load_config(None, [override])
+        load_config(None, override.split())  # several overrides separated by spaces
 
 
 def test_override_and_round_trip(tmp_path):

@@ -29,7 +29,10 @@ from pathlib import Path
 import torch
 from torch import Tensor, nn
 
+from .state import load_state, read_metadata, read_state, save_state, select_state, tagged
+
 ADAPTER_FILE = "adapter.safetensors"
+IS_ADAPTER = tagged("adapter")
 
 
 class Adapter(nn.Module):
@@ -116,47 +119,25 @@ def add_adapters(model: nn.Module, bottleneck: int) -> list[Adapter]:
 
 def adapter_state(model: nn.Module) -> dict[str, Tensor]:
     """The adapter tensors of `model` by their names in the model (`transformer.h.0.adapter.down.weight`...)."""
-    return {k: v.detach().clone() for k, v in model.state_dict().items() if ".adapter." in f".{k}"}
+    return select_state(model, IS_ADAPTER)
 
 
 def load_adapter_state(model: nn.Module, state: dict[str, Tensor]) -> None:
     """Copy `state` into the adapters of `model`; the key sets and shapes must match exactly."""
-    own = {k: v for k, v in model.state_dict().items() if ".adapter." in f".{k}"}
-    if set(own) != set(state):
-        missing, unexpected = sorted(set(own) - set(state)), sorted(set(state) - set(own))
-        raise ValueError(f"adapter state does not fit the model: missing {missing[:3]}, unexpected {unexpected[:3]}")
-    with torch.no_grad():
-        for k, v in state.items():
-            if own[k].shape != v.shape:
-                raise ValueError(f"{k}: shape {tuple(v.shape)} in the state, {tuple(own[k].shape)} in the model "
-                                 "(different bottleneck?)")
-            own[k].copy_(v)
+    load_state(model, state, IS_ADAPTER, what="adapter state", shape_hint="different bottleneck?")
 
 
 def save_adapter(model: nn.Module, path: str | Path, metadata: dict[str, str] | None = None) -> Path:
     """Store only the adapter tensors (atomically) with the bottleneck in the safetensors metadata."""
-    from safetensors.torch import save_file
-
-    from .checkpoint import atomic_path
-
-    state = {k: v.contiguous() for k, v in adapter_state(model).items()}
+    state = adapter_state(model)
     down = next(v for k, v in state.items() if k.endswith("adapter.down.weight"))  # (b, d)
-    meta = {"method": "adapter", "bottleneck": str(down.shape[0]), **(metadata or {})}
-    path = Path(path)
-    with atomic_path(path) as tmp:
-        save_file(state, str(tmp), metadata=meta)
-    return path
+    return save_state(state, path, {"method": "adapter", "bottleneck": str(down.shape[0]), **(metadata or {})})
 
 
 def load_adapter(model: nn.Module, path: str | Path) -> dict[str, str]:
     """Add adapters of the stored bottleneck to `model` (unless it has them) and load them; returns the metadata."""
-    from safetensors import safe_open
-    from safetensors.torch import load_file
-
-    with safe_open(str(path), framework="pt") as f:
-        meta = f.metadata() or {}
+    meta = read_metadata(path)
     if not hasattr(transformer_blocks(model)[0], "adapter"):
         add_adapters(model, int(meta["bottleneck"]))
-    device = next(model.parameters()).device
-    load_adapter_state(model, load_file(str(path), device=str(device)))
+    load_adapter_state(model, read_state(path, next(model.parameters()).device))
     return meta

@@ -83,8 +83,9 @@ class DataConfig:
 
 @dataclass
 class MethodConfig:
-    name: Literal["prefix", "finetune", "finetune-top"] = "prefix"
-    """`prefix` (Li & Liang 2021), `finetune` (all weights) or `finetune-top` (top `top_k_layers` blocks)."""
+    name: Literal["prefix", "finetune", "finetune-top", "adapter", "lora"] = "prefix"
+    """`prefix` (Li & Liang 2021), `finetune` (all weights), `finetune-top` (top `top_k_layers` blocks),
+    `adapter` (Lin et al. 2020, after every block) or `lora` (Hu et al. 2021, on q and v): Table 1's rows."""
     prefix_length: int | None = 5
     """P, number of prefix positions per layer (paper appendix: 5 for E2E table-to-text)."""
     reparam: bool = True
@@ -105,6 +106,20 @@ class MethodConfig:
     """Keep the frozen model's dropout on during prefix training (the original turns it off)."""
     top_k_layers: int = 2
     """For `finetune-top`: how many of the top transformer blocks are trained (paper's FT-top2)."""
+    embedding_only: bool = False
+    """For `prefix`: P trainable input embeddings prepended to the sequence, no per-layer activations (§7.3,
+    the prompt-tuning family); stored as (P, d) embeddings."""
+    adapter_bottleneck: int | None = None
+    """Adapter width b (Lin et al. 2020); null: from adapter_fraction."""
+    adapter_fraction: float | None = 0.03
+    """Adapter parameters as a fraction of the base model's (Table 1: 3% and 0.1%), used when
+    adapter_bottleneck is null."""
+    lora_rank: int = 4
+    """LoRA rank r (Hu et al. 2021, E2E: 4)."""
+    lora_alpha: float = 32.0
+    """LoRA scaling numerator: the update is (alpha / r) B A (Hu et al. 2021, E2E: 32)."""
+    lora_dropout: float = 0.1
+    """Dropout on the LoRA input during training (Hu et al. 2021, E2E: 0.1)."""
 
 
 @dataclass
@@ -472,6 +487,22 @@ def validate(cfg: RunConfig) -> None:
     if cfg.decode.min_new_tokens > cfg.decode.max_new_tokens:
         raise ConfigError("decode.min_new_tokens must not exceed decode.max_new_tokens",
                           ("decode.min_new_tokens", "decode.max_new_tokens"))
+    if cfg.method.embedding_only and cfg.method.name != "prefix":
+        raise ConfigError("method.embedding_only: only for method.name=prefix", ("method.embedding_only",))
+    if not 0.0 <= cfg.method.lora_dropout < 1.0:
+        raise ConfigError(f"method.lora_dropout: must be in [0, 1), got {cfg.method.lora_dropout}",
+                          ("method.lora_dropout",))
+    for key in ["method.lora_rank", "method.lora_alpha"]:
+        if flat[key] <= 0:
+            raise ConfigError(f"{key}: must be > 0, got {_show(flat[key])}", (key,))
+    if cfg.method.adapter_bottleneck is not None and cfg.method.adapter_bottleneck < 1:
+        raise ConfigError("method.adapter_bottleneck: must be >= 1 or null", ("method.adapter_bottleneck",))
+    if cfg.method.adapter_fraction is not None and not 0 < cfg.method.adapter_fraction < 1:
+        raise ConfigError(f"method.adapter_fraction: must be in (0, 1) or null, got {cfg.method.adapter_fraction}",
+                          ("method.adapter_fraction",))
+    if cfg.method.name == "adapter" and cfg.method.adapter_bottleneck is None and cfg.method.adapter_fraction is None:
+        raise ConfigError("method.adapter_bottleneck or method.adapter_fraction: one must be set for an adapter",
+                          ("method.adapter_bottleneck", "method.adapter_fraction"))
     if cfg.method.name == "finetune-top" and cfg.method.top_k_layers < 1:
         raise ConfigError("method.top_k_layers: must be >= 1", ("method.top_k_layers",))
 

@@ -26,8 +26,12 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
+from transformers.pytorch_utils import Conv1D
+
+from .state import load_state, read_metadata, read_state, save_state, select_state, tagged
 
 LORA_FILE = "lora.safetensors"
+IS_LORA = tagged("lora")
 
 
 class LoRA(nn.Module):
@@ -77,8 +81,6 @@ def _apply_lora(module: nn.Module, args, output):
 def lora_targets(model: nn.Module) -> list[tuple[str, nn.Module, tuple[bool, ...]]]:
     """The query/value projections to adapt, with the output parts to update: GPT-2's fused `c_attn`
     (q, k, v thirds: q and v), or `q_proj` and `v_proj` Linears (Llama, Mistral, ...)."""
-    from transformers.pytorch_utils import Conv1D
-
     found = []
     for name, mod in model.named_modules():
         leaf = name.rsplit(".", 1)[-1]
@@ -131,51 +133,29 @@ def merge_lora(model: nn.Module, merge: bool = True) -> None:
 
 def lora_state(model: nn.Module) -> dict[str, Tensor]:
     """The LoRA tensors of `model` by their names in the model (`transformer.h.0.attn.c_attn.lora.A`, ...)."""
-    return {k: v.detach().clone() for k, v in model.state_dict().items() if ".lora." in f".{k}"}
+    return select_state(model, IS_LORA)
 
 
 def load_lora_state(model: nn.Module, state: dict[str, Tensor]) -> None:
     """Copy `state` into the (unmerged) LoRA modules of `model`; key sets and shapes must match exactly."""
     if any(m.lora.merged for m in _adapted(model)):
         raise ValueError("LoRA is merged into the weights: merge_lora(model, False) before loading")
-    own = {k: v for k, v in model.state_dict().items() if ".lora." in f".{k}"}
-    if set(own) != set(state):
-        missing, unexpected = sorted(set(own) - set(state)), sorted(set(state) - set(own))
-        raise ValueError(f"LoRA state does not fit the model: missing {missing[:3]}, unexpected {unexpected[:3]}")
-    with torch.no_grad():
-        for k, v in state.items():
-            if own[k].shape != v.shape:
-                raise ValueError(f"{k}: shape {tuple(v.shape)} in the state, {tuple(own[k].shape)} in the model "
-                                 "(different rank?)")
-            own[k].copy_(v)
+    load_state(model, state, IS_LORA, what="LoRA state", shape_hint="different rank?")
 
 
 def save_lora(model: nn.Module, path: str | Path, metadata: dict[str, str] | None = None) -> Path:
     """Store only the LoRA tensors (atomically) with rank and alpha in the safetensors metadata."""
-    from safetensors.torch import save_file
-
-    from .checkpoint import atomic_path
-
     loras = [m.lora for m in _adapted(model)]
     if not loras:
         raise ValueError("the model has no LoRA")
     meta = {"method": "lora", "rank": str(loras[0].rank), "alpha": repr(loras[0].alpha), **(metadata or {})}
-    state = {k: v.contiguous() for k, v in lora_state(model).items()}
-    path = Path(path)
-    with atomic_path(path) as tmp:
-        save_file(state, str(tmp), metadata=meta)
-    return path
+    return save_state(lora_state(model), path, meta)
 
 
 def load_lora(model: nn.Module, path: str | Path) -> dict[str, str]:
     """Add LoRA of the stored rank and alpha to `model` (unless it has LoRA) and load it; returns the metadata."""
-    from safetensors import safe_open
-    from safetensors.torch import load_file
-
-    with safe_open(str(path), framework="pt") as f:
-        meta = f.metadata() or {}
+    meta = read_metadata(path)
     if not _adapted(model):
         add_lora(model, rank=int(meta["rank"]), alpha=float(meta["alpha"]))
-    device = next(model.parameters()).device
-    load_lora_state(model, load_file(str(path), device=str(device)))
+    load_lora_state(model, read_state(path, next(model.parameters()).device))
     return meta

@@ -2,21 +2,30 @@
 
 - `prefix`: the backbone is frozen; a `PrefixEncoder` trains; only the collapsed prefix is stored
   (`prefix.safetensors`, paper §4.3; `run.save_artifact` writes what a method keeps).
+- `prefix` with `embedding_only` (§7.3): P trainable input embeddings (`PromptEmbedding`) before the tokens;
+  the frozen model's keys/values of them are the prefix (`embedding_activations`), so training and decoding
+  run exactly the prefix path. Stored: the (P, d) embeddings.
 - `finetune`: every weight trains; the whole model is stored (`model.safetensors`).
 - `finetune-top`: only the top `top_k_layers` transformer blocks train (embeddings, lower blocks, final
-  norm and LM head stay frozen); the paper's FT-top2 baseline (Table 1). Stored like `finetune`.
+  norm and LM head stay frozen); the paper's FT-top2 baseline (Table 1). Stored: those blocks only.
+- `adapter` / `lora` (Table 1 baselines; `adapter.py`, `lora.py`): the model is frozen, then the method's
+  modules are added to it (seeded); they alone train and are stored.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
 from torch import Tensor, nn
 
+from .adapter import IS_ADAPTER, add_adapters, bottleneck_for_fraction, transformer_blocks
 from .config import MethodConfig, RunConfig
+from .lora import IS_LORA, add_lora
 from .models import KVShape
-from .prefix import PrefixEncoder, activations_of, prefix_inputs
+from .prefix import PrefixEncoder, PromptEmbedding, activations_of, embedding_activations, prefix_inputs
+from .state import Select
 
 
 @dataclass
@@ -25,7 +34,12 @@ class Method:
 
     name: str
     model: nn.Module
-    encoder: PrefixEncoder | None  # prefix methods only
+    encoder: PrefixEncoder | PromptEmbedding | None  # prefix methods only
+    stored: Select | None = None  # methods that keep part of the model: its state-dict keys
+
+    @property
+    def embedding_only(self) -> bool:
+        return isinstance(self.encoder, PromptEmbedding)
 
     def trainable(self) -> list[nn.Parameter]:
         mod = self.encoder if self.encoder is not None else self.model
@@ -56,6 +70,11 @@ class Method:
         if self.encoder is not None:
             self.encoder.eval()
 
+    def prefix(self) -> Tensor:
+        """The (L, 2, KV, P, D) activations the tokens run after (prefix methods)."""
+        out = self.encoder()
+        return embedding_activations(self.model, out) if self.embedding_only else out
+
     def forward(self, input_ids: Tensor, attention_mask: Tensor, dtype: torch.dtype | None = None,
                 logits_to_keep: int = 0) -> Tensor:
         """Logits (B, T, V) for the real tokens, or of the last `logits_to_keep` positions (B, k, V).
@@ -65,54 +84,91 @@ class Method:
         if self.encoder is None:
             kw = dict(input_ids=input_ids, attention_mask=attention_mask)
         else:
-            prefix = self.encoder()  # (L, 2, KV, P, D)
-            kw = prefix_inputs(prefix, input_ids, attention_mask, dtype=dtype)
+            kw = prefix_inputs(self.prefix(), input_ids, attention_mask, dtype=dtype)
         return self.model(**kw, logits_to_keep=logits_to_keep).logits
 
 
 def top_blocks(model: nn.Module, k: int) -> list[nn.Module]:
     """The last k transformer blocks of a HF causal LM (GPT-2 `transformer.h`, Llama `model.layers`, ...)."""
-    for mod in model.modules():
-        for attr in ("h", "layers", "blocks"):
-            blocks = getattr(mod, attr, None)
-            if isinstance(blocks, nn.ModuleList) and len(blocks) == KVShape.from_config(model.config).n_layers:
-                return list(blocks)[-k:]
-    raise ValueError(f"cannot find the transformer blocks of {type(model).__name__}")
+    return list(transformer_blocks(model))[-k:]
+
+
+def _word_ids(cfg: MethodConfig, tokenizer, device: torch.device) -> Tensor:
+    """(1, P) ids of `init_text`, checked against `prefix_length`."""
+    ids = torch.tensor([tokenizer.encode(cfg.init_text, add_special_tokens=False)], device=device)
+    if cfg.prefix_length is not None and cfg.prefix_length != ids.shape[1]:
+        raise ValueError(f"method.init=words: '{cfg.init_text}' is {ids.shape[1]} tokens, but "
+                         f"method.prefix_length={cfg.prefix_length}; set method.prefix_length={ids.shape[1]} or null")
+    return ids
+
+
+def _prefix_method(cfg: MethodConfig, model: nn.Module, tokenizer, seed: int) -> Method:
+    device = next(model.parameters()).device
+    ids = _word_ids(cfg, tokenizer, device) if cfg.init == "words" else None
+    length = ids.shape[1] if ids is not None else cfg.prefix_length
+    if cfg.embedding_only:  # §7.3: words init = the words' own input embeddings
+        embed = model.get_input_embeddings()
+        torch.manual_seed(seed)
+        init = embed(ids)[0].detach() if ids is not None else None
+        enc = PromptEmbedding(length, embed.weight.shape[1], init=init, std=float(embed.weight.detach().std()))
+        return Method(cfg.name, model, enc.to(device))
+    init = activations_of(model, ids) if ids is not None else None
+    torch.manual_seed(seed)
+    enc = PrefixEncoder(KVShape.from_config(model.config), length, reparam=cfg.reparam, mlp_hidden=cfg.mlp_hidden,
+                        dropout=cfg.prefix_dropout).to(device)
+    if init is not None:
+        enc.init_from_activations(init, steps=cfg.init_steps)
+    return Method(cfg.name, model, enc)
+
+
+def _added_modules(cfg: MethodConfig, model: nn.Module) -> Select:
+    """Add the adapters or LoRA of `cfg` to `model`; which keys they have."""
+    if cfg.name == "adapter":
+        add_adapters(model, cfg.adapter_bottleneck or bottleneck_for_fraction(model, cfg.adapter_fraction))
+        return IS_ADAPTER
+    add_lora(model, rank=cfg.lora_rank, alpha=cfg.lora_alpha, dropout=cfg.lora_dropout)
+    return IS_LORA
 
 
 def build_method(cfg: MethodConfig, model: nn.Module, tokenizer, *, seed: int) -> Method:
     """Prepare `model` for training with the configured method (freezing what must not train)."""
     if cfg.name == "prefix":
         model.requires_grad_(False)
-        shape = KVShape.from_config(model.config)
-        init = None
-        length = cfg.prefix_length
-        if cfg.init == "words":
-            ids = torch.tensor([tokenizer.encode(cfg.init_text, add_special_tokens=False)])
-            if length is not None and length != ids.shape[1]:
-                raise ValueError(f"method.init=words: '{cfg.init_text}' is {ids.shape[1]} tokens, but "
-                                 f"method.prefix_length={length}; set method.prefix_length={ids.shape[1]} or null")
-            length = ids.shape[1]
-            init = activations_of(model, ids.to(next(model.parameters()).device))
-        torch.manual_seed(seed)
-        enc = PrefixEncoder(shape, length, reparam=cfg.reparam, mlp_hidden=cfg.mlp_hidden, dropout=cfg.prefix_dropout)
-        enc.to(next(model.parameters()).device)
-        if init is not None:
-            enc.init_from_activations(init, steps=cfg.init_steps)
-        return Method(cfg.name, model, enc)
+        return _prefix_method(cfg, model, tokenizer, seed)
     if cfg.name == "finetune":
         model.requires_grad_(True)
         return Method(cfg.name, model, None)
+    model.requires_grad_(False)
     if cfg.name == "finetune-top":
-        model.requires_grad_(False)
         for block in top_blocks(model, cfg.top_k_layers):
             block.requires_grad_(True)
-        return Method(cfg.name, model, None)
+        names = frozenset(n for n, p in model.named_parameters() if p.requires_grad)
+        return Method(cfg.name, model, None, stored=names.__contains__)
+    if cfg.name in ("adapter", "lora"):
+        torch.manual_seed(seed)  # the new modules' init depends on the seed only
+        return Method(cfg.name, model, None, stored=_added_modules(cfg, model))
     raise ValueError(f"unknown method {cfg.name!r}")
 
 
+def _numel(params: list[nn.Parameter]) -> int:
+    return sum(p.numel() for p in {id(p): p for p in params}.values())
+
+
+STORED: dict[str, Callable[[MethodConfig, nn.Module], int]] = {
+    "finetune": lambda cfg, model: _numel(list(model.parameters())),
+    "finetune-top": lambda cfg, model: _numel([p for b in top_blocks(model, cfg.top_k_layers) for p in b.parameters()]),
+    "adapter": lambda cfg, model: _numel([p for n, p in model.named_parameters() if IS_ADAPTER(n)]),
+    "lora": lambda cfg, model: _numel([p for n, p in model.named_parameters() if IS_LORA(n)]),
+}
+"""Values a user keeps per task, for the methods that store (part of) the model; `model` is the trained one."""
+
+
 def stored_numel(cfg: RunConfig, model: nn.Module, prefix_length: int | None = None) -> int:
-    """Parameters a user must keep per task: the collapsed prefix, or every weight of the model."""
-    if cfg.method.name == "prefix":
-        return KVShape.from_config(model.config).numel(prefix_length or cfg.method.prefix_length)
-    return sum(p.numel() for p in {id(p): p for p in model.parameters()}.values())
+    """Parameters a user must keep per task: the collapsed prefix (or prompt embeddings), or the stored part of
+    the model."""
+    m = cfg.method
+    if m.name == "prefix":
+        P = prefix_length or m.prefix_length
+        return P * model.config.get_text_config().hidden_size if m.embedding_only else \
+            KVShape.from_config(model.config).numel(P)
+    return STORED[m.name](m, model)

@@ -98,12 +98,43 @@ class PrefixEncoder(nn.Module):
         return float(loss.detach())
 
 
+class PromptEmbedding(nn.Module):
+    """P trainable input embeddings placed before the tokens (§7.3 "embedding-only"; prompt tuning): no
+    per-layer activations. `embedding_activations` turns them into the prefix the frozen model computes."""
+
+    def __init__(self, length: int, hidden_size: int, *, init: Tensor | None = None, std: float = 0.02):
+        super().__init__()
+        self.length = length
+        self.embedding = nn.Parameter(torch.randn(length, hidden_size) * std if init is None
+                                      else init.detach().float().clone())  # (P, d)
+
+    def forward(self) -> Tensor:
+        return self.embedding  # (P, d)
+
+    @torch.no_grad()
+    def collapse(self) -> Tensor:
+        """The embeddings as stored: fp32 (P, d)."""
+        return self.embedding.detach().float().contiguous()
+
+
+def _kv(model: nn.Module, **inputs) -> Tensor:
+    """The model's keys/values (L, 2, KV, P, D) of one sequence given as input_ids or inputs_embeds (1, P, ...)."""
+    cache = DynamicCache()
+    model(**inputs, cache=cache, use_cache=True, logits_to_keep=1)
+    return torch.stack([torch.stack([k[0], v[0]]) for k, v in cache_layers(cache)])
+
+
 @torch.no_grad()
 def activations_of(model: nn.Module, input_ids: Tensor) -> Tensor:
     """The frozen model's own keys/values for a token sequence (1, P) as a prefix (L, 2, KV, P, D)."""
-    cache = DynamicCache()
-    model(input_ids=input_ids, cache=cache, use_cache=True)
-    return torch.stack([torch.stack([k[0], v[0]]) for k, v in cache_layers(cache)]).float()
+    return _kv(model, input_ids=input_ids).float()
+
+
+def embedding_activations(model: nn.Module, embeddings: Tensor) -> Tensor:
+    """The keys/values (L, 2, KV, P, D) the model computes for P input embeddings (P, d) at positions 0..P-1:
+    with them as the prefix, tokens run exactly as after the embeddings in one sequence. Differentiable in
+    the embeddings (the frozen model is only traversed)."""
+    return _kv(model, inputs_embeds=embeddings[None].to(next(model.parameters()).dtype))
 
 
 def cache_layers(cache) -> list[tuple[Tensor, Tensor]]:

@@ -5,7 +5,11 @@
       log.jsonl                 training log (step, loss, lr, tokens/s; dev loss per epoch)
       checkpoints/last.safetensors  resumable training state (written and read by `train`)
       prefix.safetensors        the artifact of a prefix run: only the collapsed prefix (paper §4.3)
-      model.safetensors         ... or of a fine-tuning run: the whole model
+      prompt.safetensors        ... of an embedding-only run (§7.3): the (P, d) input embeddings
+      model.safetensors         ... of a fine-tuning run: the whole model
+      top.safetensors           ... of FT-top2: its trained blocks (loaded over the base model)
+      adapter.safetensors       ... of an adapter run: the adapters only
+      lora.safetensors          ... of a LoRA run: the LoRA tensors only
       outputs-NAME.txt          `generate` of split (or MR file) NAME: one output per unique MR,
       refs-NAME.txt             the references grouped per MR (official e2e-metrics format),
       scores-NAME.json          and the metrics
@@ -28,11 +32,23 @@ from safetensors.torch import load_model as load_safetensors
 from safetensors.torch import save_model as save_safetensors
 from torch import Tensor, nn
 
+from .adapter import ADAPTER_FILE
 from .checkpoint import CorruptFileError, atomic_path, describe_unreadable
-from .config import RunConfig, load_config
-from .methods import Method
+from .config import MethodConfig, RunConfig, load_config
+from .lora import LORA_FILE
+from .methods import Method, build_method
 from .models import KVShape, load_model, load_tokenizer
-from .prefix import check_fits, load_prefix, save_prefix
+from .prefix import check_fits, embedding_activations, load_prefix, save_prefix
+from .state import load_state, read_state, save_state, select_state
+
+ARTIFACTS = {"prefix": "prefix.safetensors", "finetune": "model.safetensors", "finetune-top": "top.safetensors",
+             "adapter": ADAPTER_FILE, "lora": LORA_FILE}
+"""The file each method keeps after training, in the run dir."""
+PROMPT_FILE = "prompt.safetensors"
+
+
+def artifact_name(cfg: MethodConfig) -> str:
+    return PROMPT_FILE if cfg.name == "prefix" and cfg.embedding_only else ARTIFACTS[cfg.name]
 
 
 @dataclass(frozen=True)
@@ -74,8 +90,8 @@ class RunDir:
         return self.path / "model.safetensors"
 
     def artifact(self, cfg: RunConfig) -> Path:
-        """What the run's method keeps after training: the prefix, or the whole model."""
-        return self.prefix if cfg.method.name == "prefix" else self.model
+        """What the run's method keeps after training (`ARTIFACTS`)."""
+        return self.path / artifact_name(cfg.method)
 
     @property
     def result(self) -> Path:
@@ -127,23 +143,36 @@ class LoadedRun:
 
 
 def load_run(run_dir: str | Path, *, device: str | torch.device = "cpu") -> LoadedRun:
-    """Rebuild a trained run from its folder alone: config.yaml + prefix.safetensors (base model, no MLP)
-    or model.safetensors."""
+    """Rebuild a trained run from its folder alone: config.yaml + its artifact over the base model.
+
+    A prefix run gives its prefix (no MLP), an embedding-only run the prefix its embeddings make; methods that
+    store part of the model (FT-top2, adapter, LoRA) are rebuilt on the base model and their tensors loaded."""
     run = RunDir(run_dir)
     cfg = read_config(run)
     model = load_model(cfg.model.name, revision=cfg.model.revision)
     tokenizer = load_tokenizer(cfg.model.name, cfg.data.dir)
+    path = run.artifact(cfg)
     prefix = None
-    if run.artifact(cfg) == run.prefix:
+    if path == run.prefix:
         prefix = read_prefix(run, KVShape.from_config(model.config), device)
-    else:
-        if not run.model.is_file():
-            raise FileNotFoundError(f"{run.model} missing: training did not finish")
+    elif not path.is_file():
+        raise FileNotFoundError(f"{path} missing: training did not finish (resume with `prefix-tuning train "
+                                f"{run.config}`)")
+    elif cfg.method.name == "prefix":  # embedding-only
+        emb = read_state(path)["embedding"]  # (P, d)
+        if emb.dim() != 2 or emb.shape[1] != model.config.get_text_config().hidden_size:
+            raise ValueError(f"{path}: embeddings of shape {tuple(emb.shape)} do not fit {cfg.model.name}")
+        with torch.no_grad():
+            prefix = embedding_activations(model.eval(), emb).float().to(device)
+    elif cfg.method.name == "finetune":
         try:
-            load_safetensors(model, str(run.model))
+            load_safetensors(model, str(path))
         except SafetensorError as e:
-            raise CorruptFileError(f"{run.model} {describe_unreadable(run.model, e)}; restore it from a copy, or "
+            raise CorruptFileError(f"{path} {describe_unreadable(path, e)}; restore it from a copy, or "
                                    f"delete it and train the run again with --no-resume") from None
+    else:
+        method = build_method(cfg.method, model, tokenizer, seed=cfg.train.seed)
+        load_state(model, read_state(path), method.stored, what=f"{cfg.method.name} state")
     model.requires_grad_(False)
     return LoadedRun(cfg, model.to(device).eval(), tokenizer, prefix)
 
@@ -165,14 +194,20 @@ def write_json(path: Path, obj: object, indent: int = 2) -> None:
 
 
 def save_artifact(run: RunDir, method: Method, cfg: RunConfig) -> Path:
-    """Store what the method keeps after training: the collapsed prefix, or every weight of the model."""
+    """Store what the method keeps after training (`ARTIFACTS`): the collapsed prefix, the prompt embeddings,
+    the method's part of the model, or every weight of the model."""
     path = run.artifact(cfg)
-    if method.encoder is not None:
+    meta = {"base_model": cfg.model.name, "method": cfg.method.name}
+    if method.embedding_only:
+        save_state({"embedding": method.encoder.collapse()}, path, {**meta, "shape": "P,d", "embedding_only": "true"})
+    elif method.encoder is not None:
         save_prefix(method.encoder.collapse(), path, base_model=cfg.model.name,
                     extra={"method": cfg.method.name, "prefix_length": method.encoder.length})
+    elif method.stored is not None:
+        save_state(select_state(method.model, method.stored), path, meta)
     else:
         with atomic_path(path) as tmp:
-            save_safetensors(method.model, str(tmp), metadata={"base_model": cfg.model.name, "method": cfg.method.name})
+            save_safetensors(method.model, str(tmp), metadata=meta)
     return path
 
 

@@ -50,7 +50,7 @@ from .engine import Engine, EngineClosed, QueueFull, Request
 from .hardware import dtype_of, resolve_precision, set_threads
 from .models import KVShape, load_model, load_tokenizer, resolve_device
 from .prefix import check_fits, load_prefix
-from .run import RunDir, load_run
+from .run import RunDir, load_run, read_config
 from .serve_api import ApiError, Completion, beam_completion, error_body, parse_completion
 
 log = logging.getLogger(__name__)
@@ -134,7 +134,10 @@ def load_state(model: str, prefixes: list[str], *, device: str = "auto", precisi
     dev = resolve_device(device)
     extra: list[str] = []
     run = RunDir(model)
-    if run.config.is_file():  # a run dir: its base model with its fine-tuned weights, or its prefix added
+    if run.config.is_file():  # a run dir: its base model with its trained part, or its prefix added
+        if read_config(run).method.embedding_only:
+            raise ValueError(f"{run.path}: embedding-only runs cannot be served yet; decode them with "
+                             "`prefix-tuning generate`")
         loaded = load_run(run.path)
         m, tok = loaded.model, loaded.tokenizer
         model_id = loaded.cfg.model.name if loaded.prefix is not None else run.path.resolve().name
