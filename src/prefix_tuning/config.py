@@ -129,6 +129,9 @@ class TrainConfig:
     num_threads: int | None = None
     """torch CPU threads; None = the cores available to this process (CPU affinity and cgroup quota). Two
     runs sharing a machine are each faster with half the cores than both with all of them."""
+    gradient_checkpointing: bool = False
+    """Recompute each transformer block in the backward pass instead of storing its activations: less memory
+    for ~1/3 more compute, same gradients (`recompute.py`; works with the prefix, unlike HF's flag)."""
 
 
 @dataclass

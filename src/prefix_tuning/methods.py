@@ -17,6 +17,7 @@ from torch import Tensor, nn
 from .config import MethodConfig, RunConfig
 from .models import KVShape
 from .prefix import PrefixEncoder, activations_of, prefix_inputs
+from .recompute import training_cache
 
 
 @dataclass
@@ -63,10 +64,13 @@ class Method:
         The LM head over a 50k vocabulary is a large part of a prefix step; the table part of a sequence
         needs no logits, so training keeps only the positions from the first target on."""
         if self.encoder is None:
-            kw = dict(input_ids=input_ids, attention_mask=attention_mask)
+            # no cache: nothing reuses it, and a block recomputed by gradient checkpointing would extend it twice
+            kw = dict(input_ids=input_ids, attention_mask=attention_mask, use_cache=False)
         else:
             prefix = self.encoder()  # (L, 2, KV, P, D)
-            kw = prefix_inputs(prefix, input_ids, attention_mask, dtype=dtype)
+            # training: a cache that a recomputed block (gradient checkpointing) cannot extend twice
+            cache = training_cache() if torch.is_grad_enabled() else None
+            kw = prefix_inputs(prefix, input_ids, attention_mask, dtype=dtype, cache=cache)
         return self.model(**kw, logits_to_keep=logits_to_keep).logits
 
 

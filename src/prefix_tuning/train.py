@@ -29,6 +29,7 @@ from .data import IGNORE_INDEX, E2EDataset, collate, load_e2e, low_data_split
 from .hardware import describe_cpu, dtype_of, resolve_precision, set_threads
 from .methods import Method, build_method, stored_numel
 from .models import load_model, load_tokenizer, resolve_device
+from .recompute import enable_checkpointing
 from .run import RunDir, save_artifact
 
 
@@ -148,6 +149,8 @@ def train(cfg: RunConfig, *, resume: bool = True, max_steps_this_call: int | Non
     dev_set = E2EDataset(dev_ex, tokenizer, max_length=cfg.data.max_length)
     model = load_model(cfg.model.name, revision=cfg.model.revision).to(device)
     method = build_method(cfg.method, model, tokenizer, seed=cfg.train.seed)
+    if cfg.train.gradient_checkpointing:
+        enable_checkpointing(model)
     if not train_set:
         raise ValueError("no training examples")
 

@@ -1,0 +1,75 @@
+"""Scale-out: gradient checkpointing with the prefix, length-grouped batches, multi-process training and decoding."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from transformers import DynamicCache
+
+from prefix_tuning.config import MethodConfig
+from prefix_tuning.methods import build_method
+from prefix_tuning.models import build_tiny
+from prefix_tuning.prefix import prefix_inputs
+from prefix_tuning.recompute import enable_checkpointing
+from prefix_tuning.train import batch_loss
+
+
+def _batch(vocab: int) -> dict[str, torch.Tensor]:
+    g = torch.Generator().manual_seed(0)
+    ids = torch.randint(0, vocab, (3, 12), generator=g)  # (B, T)
+    mask = torch.ones_like(ids)
+    mask[1, 9:] = 0  # right padding
+    labels = ids.masked_fill(mask == 0, -100)
+    labels[:, :4] = -100  # the table part
+    return {"input_ids": ids, "attention_mask": mask, "labels": labels}
+
+
+def _grads(model_name: str, method: str, checkpointing: bool) -> dict[str, torch.Tensor]:
+    model = build_tiny(model_name)
+    m = build_method(MethodConfig(name=method, mlp_hidden=16), model, None, seed=0)
+    m.train_mode(backbone_dropout=False)
+    if checkpointing:
+        assert enable_checkpointing(model) == model.config.num_hidden_layers
+    torch.manual_seed(0)  # fine-tuning trains with dropout: the recompute must replay the same masks
+    loss, _ = batch_loss(m, _batch(model.config.vocab_size), "sentence_sum", None)
+    loss.backward()
+    mod = m.encoder if m.encoder is not None else m.model
+    return {n: p.grad.clone() for n, p in mod.named_parameters() if p.requires_grad}
+
+
+@pytest.mark.parametrize("model_name", ["tiny-gpt2", "tiny-llama"])
+@pytest.mark.parametrize("method", ["prefix", "finetune"])
+def test_gradient_checkpointing_gives_the_same_gradients(model_name, method):
+    plain, ckpt = _grads(model_name, method, False), _grads(model_name, method, True)
+    assert plain.keys() == ckpt.keys() and plain
+    for name in plain:
+        assert torch.allclose(plain[name], ckpt[name], atol=1e-5, rtol=1e-5), name
+        assert plain[name].abs().sum() > 0, name
+
+
+@pytest.mark.parametrize("model_name", ["tiny-gpt2", "tiny-llama"])
+def test_negative_control_in_place_cache_breaks_under_recompute(model_name):
+    """A normal DynamicCache is extended by each forward: a recomputed block appends its keys/values again,
+    so the backward sees other shapes (an error) or other values. This is what `training_cache` prevents."""
+    model = build_tiny(model_name)
+    model.requires_grad_(False)
+    enable_checkpointing(model)
+    s = model.config.num_hidden_layers
+    kv = model.config.num_key_value_heads if hasattr(model.config, "num_key_value_heads") else model.config.n_head
+    d = model.config.hidden_size // model.config.num_attention_heads
+    prefix = torch.randn(s, 2, kv, 2, d, requires_grad=True)  # (L, 2, KV, P, D)
+    b = _batch(model.config.vocab_size)
+    kw = prefix_inputs(prefix, b["input_ids"], b["attention_mask"], cache=DynamicCache())
+    with pytest.raises(Exception):
+        model(**kw).logits.sum().backward()
+
+
+
+def test_train_with_gradient_checkpointing_ends_equal(tmp_path, data_dir):
+    from test_train import _cfg, _prefix  # the tiny E2E recipe of the training tests
+
+    from prefix_tuning.train import train
+    a = train(_cfg(tmp_path, "train.max_steps=2", "train.eval_every_epoch=false", name="a"))
+    b = train(_cfg(tmp_path, "train.max_steps=2", "train.eval_every_epoch=false",
+                   "train.gradient_checkpointing=true", name="b"))
+    assert torch.allclose(_prefix(a.run_dir), _prefix(b.run_dir), atol=1e-5)
