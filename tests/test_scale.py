@@ -73,3 +73,30 @@ def test_train_with_gradient_checkpointing_ends_equal(tmp_path, data_dir):
     b = train(_cfg(tmp_path, "train.max_steps=2", "train.eval_every_epoch=false",
                    "train.gradient_checkpointing=true", name="b"))
     assert torch.allclose(_prefix(a.run_dir), _prefix(b.run_dir), atol=1e-5)
+
+
+# ------------------------------------------------------------------------------------------ group_by_length
+
+def _padding(groups: list[list[int]], lengths: list[int]) -> float:
+    """Fraction of padded positions when each batch is padded to its longest example."""
+    real = sum(lengths[i] for b in groups for i in b)
+    return 1 - real / sum(max(lengths[i] for i in b) * len(b) for b in groups)
+
+
+def test_group_by_length_pure_covers_all_and_pads_less(data_dir):
+    from prefix_tuning.data import E2EDataset, load_e2e
+    from prefix_tuning.models import load_tokenizer
+    from prefix_tuning.train import batches
+
+    examples = load_e2e("train", data_dir=str(data_dir))[:3000]
+    ds = E2EDataset(examples, load_tokenizer("tiny-gpt2", str(data_dir)))
+    lengths = [len(ds[i][0]) for i in range(len(ds))]
+    n = len(lengths)
+    for epoch in (0, 1):
+        grouped = batches(n, 10, 101, epoch, lengths)
+        assert grouped == batches(n, 10, 101, epoch, list(lengths))  # a pure function of (seed, epoch)
+        assert sorted(i for b in grouped for i in b) == list(range(n))  # every example once
+        assert max(lengths[i] for i in grouped[0]) == max(lengths)  # the longest batch first
+        plain = batches(n, 10, 101, epoch)
+        assert _padding(grouped, lengths) < 0.5 * _padding(plain, lengths)
+    assert batches(n, 10, 101, 0, lengths) != batches(n, 10, 101, 1, lengths)  # still shuffled per epoch

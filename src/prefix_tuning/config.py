@@ -62,6 +62,9 @@ class DataConfig:
     ref_style: RefStyle = "raw"
     """`raw` references as in the CSVs, or `tokenized` as in the original code's data files (spaCy tokens
     joined by spaces, e.g. "is n't"; needs `pip install 'prefix-tuning[tokenized]'`)."""
+    group_by_length: bool = False
+    """Batch examples of similar length (HF Trainer's idea): shuffle, cut into megabatches of 50 batches, sort
+    each by length, longest batch first. Less padding, still a pure function of (seed, epoch)."""
 
 
 @dataclass

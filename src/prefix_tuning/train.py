@@ -83,10 +83,24 @@ def batch_loss(method: Method, batch: dict[str, Tensor], mode: str, dtype: torch
     return logp.sum() / max(n_tokens, 1), n_tokens
 
 
-def batches(n: int, batch_size: int, seed: int, epoch: int) -> list[list[int]]:
-    """Shuffled batches of one epoch: a pure function of (seed, epoch), so a resumed run sees the same order."""
+MEGABATCH = 50  # batches per length-sorted group (HF Trainer's LengthGroupedSampler)
+
+
+def batches(n: int, batch_size: int, seed: int, epoch: int, lengths: list[int] | None = None) -> list[list[int]]:
+    """Shuffled batches of one epoch: a pure function of (seed, epoch), so a resumed run sees the same order.
+
+    lengths: group by length: the shuffled order is cut into megabatches of MEGABATCH batches, each sorted
+    longest first, and the batch holding the longest example of the epoch goes first (an out-of-memory error
+    shows at step 1, not hours later)."""
     order = torch.randperm(n, generator=torch.Generator().manual_seed(seed * 1000 + epoch)).tolist()
-    return [order[i:i + batch_size] for i in range(0, n, batch_size)]
+    if lengths is not None:
+        mega = MEGABATCH * batch_size
+        order = [i for j in range(0, n, mega) for i in sorted(order[j:j + mega], key=lambda i: -lengths[i])]
+    out = [order[i:i + batch_size] for i in range(0, n, batch_size)]
+    if lengths is not None and out:
+        longest = max(range(len(out)), key=lambda b: lengths[out[b][0]])
+        out[0], out[longest] = out[longest], out[0]
+    return out
 
 
 @torch.no_grad()
@@ -154,6 +168,7 @@ def train(cfg: RunConfig, *, resume: bool = True, max_steps_this_call: int | Non
     if not train_set:
         raise ValueError("no training examples")
 
+    lengths = [len(train_set[i][0]) for i in range(len(train_set))] if cfg.data.group_by_length else None
     micro = cfg.train.batch_size // cfg.train.grad_accum
     steps_per_epoch = math.ceil(len(train_set) / cfg.train.batch_size)
     total_steps = cfg.train.max_steps or steps_per_epoch * cfg.train.epochs
@@ -211,7 +226,7 @@ def train(cfg: RunConfig, *, resume: bool = True, max_steps_this_call: int | Non
     try:
         while step < total_steps:
             epoch, in_epoch = divmod(step, steps_per_epoch)
-            idx = batches(len(train_set), cfg.train.batch_size, cfg.train.seed, epoch)[in_epoch]
+            idx = batches(len(train_set), cfg.train.batch_size, cfg.train.seed, epoch, lengths)[in_epoch]
             t0 = time.perf_counter()
             n_tok, loss_sum = 0, 0.0
             opt.zero_grad(set_to_none=True)
