@@ -2,11 +2,22 @@
 
 from __future__ import annotations
 
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
 import pytest
 import torch
+from safetensors.torch import load_file
 from transformers import DynamicCache
 
 from prefix_tuning.config import MethodConfig
+from prefix_tuning.dist import check_split, micro_batches, shard
 from prefix_tuning.methods import build_method
 from prefix_tuning.models import build_tiny
 from prefix_tuning.prefix import prefix_inputs
@@ -100,3 +111,86 @@ def test_group_by_length_pure_covers_all_and_pads_less(data_dir):
         plain = batches(n, 10, 101, epoch)
         assert _padding(grouped, lengths) < 0.5 * _padding(plain, lengths)
     assert batches(n, 10, 101, 0, lengths) != batches(n, 10, 101, 1, lengths)  # still shuffled per epoch
+
+
+# ------------------------------------------------------------------------------------------ several processes
+
+REPO = Path(__file__).resolve().parents[1]
+LAUNCH = ["model.name=tiny-gpt2", "data.train_size=16", "data.dev_size=5", "data.max_length=64", "method.mlp_hidden=16",
+          "train.batch_size=4", "train.lr=1e-2", "train.save_every=2", "train.precision=fp32", "train.device=cpu",
+          "train.eval_steps=2", "train.num_threads=1", "decode.precision=fp32"]
+
+
+def _env() -> dict[str, str]:
+    return {**os.environ, "PYTHONPATH": str(REPO / "src") + os.pathsep + os.environ.get("PYTHONPATH", ""),
+            "OMP_NUM_THREADS": "1"}
+
+
+def _torchrun(n: int, *args: str, **kw) -> subprocess.Popen:
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", str(n), "--master-port", str(_port()),
+           "-m", "prefix_tuning.cli", *args]
+    return subprocess.Popen(cmd, env=_env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, **kw)
+
+
+def _port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _finish(p: subprocess.Popen) -> str:
+    out, _ = p.communicate(timeout=300)
+    assert p.returncode == 0, out[-3000:]
+    return out
+
+
+def _losses(run_dir: Path) -> list[tuple[str, float]]:
+    rows = [json.loads(x) for x in (run_dir / "log.jsonl").read_text().splitlines()]
+    return [(k, r[k]) for r in rows for k in ("loss", "dev_loss") if k in r]
+
+
+def _same_run(a: Path, b: Path) -> None:
+    la, lb = _losses(a), _losses(b)
+    assert [k for k, _ in la] == [k for k, _ in lb] and la
+    assert all(abs(x - y) <= 1e-5 * max(1.0, abs(x)) for (_, x), (_, y) in zip(la, lb)), (la, lb)
+    pa, pb = load_file(str(a / "prefix.safetensors"))["prefix"], load_file(str(b / "prefix.safetensors"))["prefix"]
+    assert torch.allclose(pa, pb, atol=1e-5), (pa - pb).abs().max()
+
+
+@pytest.mark.parametrize("model_name", ["tiny-gpt2", pytest.param("tiny-llama", marks=pytest.mark.slow)])
+def test_two_processes_train_like_one(tmp_path, data_dir, model_name):
+    """torchrun --nproc-per-node 2 on CPU (gloo): the same logged losses, dev losses and prefix as 1 process."""
+    args = [*LAUNCH, f"model.name={model_name}", "train.max_steps=4"]
+    one = _torchrun(1, "train", "defaults", *args, f"out_dir={tmp_path / 'one'}")
+    _finish(one)
+    out = _finish(_torchrun(2, "train", "defaults", *args, f"out_dir={tmp_path / 'two'}"))
+    assert out.count("run dir:") == 1  # only the main process reports
+    _same_run(tmp_path / "one", tmp_path / "two")
+
+
+def test_batch_split_and_shards():
+    with pytest.raises(ValueError, match="does not split"):
+        check_split(10, 4, 1)
+    check_split(10, 2, 1)
+    check_split(12, 2, 3)
+    idx = list(range(10))
+    parts = [micro_batches(idx, 2, r, 1) for r in range(2)]
+    assert parts == [[[0, 1, 2, 3, 4]], [[5, 6, 7, 8, 9]]]
+    assert micro_batches([7], 2, 0, 1) == [] and micro_batches([7], 2, 1, 1) == [[7]]  # a short last batch
+    assert [x for r in range(3) for x in shard(list(range(7)), 3, r)] == list(range(7))
+
+
+@pytest.mark.slow
+def test_two_processes_killed_and_resumed_end_equal(tmp_path, data_dir):
+    args = [*LAUNCH, "train.max_steps=10", "train.eval_steps=null"]
+    _finish(_torchrun(2, "train", "defaults", *args, f"out_dir={tmp_path / 'full'}"))
+    run = tmp_path / "killed"
+    p = _torchrun(2, "train", "defaults", *args, f"out_dir={run}", start_new_session=True)
+    deadline = time.time() + 120
+    while not (run / "checkpoints" / "last.safetensors").exists() and time.time() < deadline:
+        time.sleep(0.05)
+    os.killpg(p.pid, signal.SIGKILL)  # torchrun and both workers
+    p.communicate()
+    assert not (run / "prefix.safetensors").exists(), "finished before the kill"
+    _finish(_torchrun(2, "train", "defaults", *args, f"out_dir={run}"))
+    _same_run(tmp_path / "full", run)
