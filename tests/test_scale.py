@@ -16,6 +16,7 @@ import torch
 from safetensors.torch import load_file
 from transformers import DynamicCache
 
+from prefix_tuning.checkpoint import load_checkpoint
 from prefix_tuning.config import MethodConfig
 from prefix_tuning.dist import check_split, micro_batches, shard
 from prefix_tuning.methods import build_method
@@ -182,7 +183,7 @@ def test_batch_split_and_shards():
 
 @pytest.mark.slow
 def test_two_processes_killed_and_resumed_end_equal(tmp_path, data_dir):
-    args = [*LAUNCH, "train.max_steps=10", "train.eval_steps=null"]
+    args = [*LAUNCH, "train.max_steps=12"]
     _finish(_torchrun(2, "train", "defaults", *args, f"out_dir={tmp_path / 'full'}"))
     run = tmp_path / "killed"
     p = _torchrun(2, "train", "defaults", *args, f"out_dir={run}", start_new_session=True)
@@ -191,6 +192,22 @@ def test_two_processes_killed_and_resumed_end_equal(tmp_path, data_dir):
         time.sleep(0.05)
     os.killpg(p.pid, signal.SIGKILL)  # torchrun and both workers
     p.communicate()
-    assert not (run / "prefix.safetensors").exists(), "finished before the kill"
+    assert load_checkpoint(run / "checkpoints" / "last.safetensors")["step"] < 12, "finished before the kill"
     _finish(_torchrun(2, "train", "defaults", *args, f"out_dir={run}"))
     _same_run(tmp_path / "full", run)
+
+
+def test_two_processes_decode_like_one(tmp_path, data_dir):
+    """`generate` under torchrun: each process decodes a share of the MRs; the merged file equals 1 process's."""
+    from test_train import _cfg
+
+    from prefix_tuning.generate import generate_run
+    from prefix_tuning.train import train
+    run = train(_cfg(tmp_path, "train.max_steps=1", "train.eval_every_epoch=false")).run_dir
+    opts = ["--split", "dev", "--limit", "7", "--no-scores", "--quiet", "--beam-size", "2", "--max-new-tokens", "12",
+            "--device", "cpu"]
+    generate_run(run, "dev", tmp_path / "one.txt", limit=7, scores=False, beam_size=2, max_new_tokens=12)
+    out = _finish(_torchrun(2, "generate", str(run), *opts, "--out", str(tmp_path / "two.txt")))
+    assert out.count("two.txt") == 1  # only the main process reports
+    one, two = (tmp_path / "one.txt").read_text().splitlines(), (tmp_path / "two.txt").read_text().splitlines()
+    assert len(one) == 7 and one == two

@@ -144,6 +144,8 @@ def cmd_generate(args: argparse.Namespace) -> int:
     except ValueError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
+    if int(os.environ.get("RANK", 0)) != 0:  # under torchrun / accelerate launch: the main process reports
+        return 0
     for f in files:
         line = str(f.outputs)
         if not args.no_scores and args.mrs is None:  # scores were written
