@@ -108,8 +108,8 @@ def test_best_dev_checkpoint_kept(tmp_path, monkeypatch):
 
     scripted, snapshots, real_dev_loss = [3.0, 1.0, 2.0, 4.0], [], tr.dev_loss
 
-    def recording_dev_loss(method, dev, pad_id, cfg, device, dtype):
-        real_dev_loss(method, dev, pad_id, cfg, device, dtype)  # the real eval (eval mode) before the snapshot
+    def recording_dev_loss(method, dev, pad_id, cfg, device, dtype, procs=None):
+        real_dev_loss(method, dev, pad_id, cfg, device, dtype, procs)  # the real eval (eval mode) before the snapshot
         snapshots.append(method.encoder.collapse().detach().clone())
         return scripted[len(snapshots) - 1]
 

@@ -79,6 +79,9 @@ class DataConfig:
     ref_style: RefStyle = "raw"
     """`raw` references as in the CSVs, or `tokenized` as in the original code's data files (spaCy tokens
     joined by spaces, e.g. "is n't"; needs `pip install 'prefix-tuning[tokenized]'`)."""
+    group_by_length: bool = False
+    """Batch examples of similar length (HF Trainer's idea): shuffle, cut into megabatches of 50 batches, sort
+    each by length, longest batch first. Less padding, still a pure function of (seed, epoch)."""
 
 
 @dataclass
@@ -161,6 +164,9 @@ class TrainConfig:
     num_threads: int | None = None
     """torch CPU threads; None = the cores available to this process (CPU affinity and cgroup quota). Two
     runs sharing a machine are each faster with half the cores than both with all of them."""
+    gradient_checkpointing: bool = False
+    """Recompute each transformer block in the backward pass instead of storing its activations: less memory
+    for ~1/3 more compute, same gradients (`recompute.py`; works with the prefix, unlike HF's flag)."""
 
 
 @dataclass

@@ -7,22 +7,28 @@ the run's config.yaml `decode:` section with the caller's overrides on top.
 
 Precision: the recipe owns its model and casts it to the decoding dtype (faster on CPU than autocast,
 which `decode.decode` uses so as to leave a caller's model untouched).
+
+Under `torchrun` / `accelerate launch` each process decodes a consecutive share of the MRs (`dist.shard`);
+the main process gathers them in order and writes the files, so they equal a 1-process run's.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import os
 import time
 from collections.abc import Sequence
 from pathlib import Path
 
+from accelerate.utils import gather_object
 from torch import Tensor, nn
 
 from .config import DecodeConfig, RunConfig, validate
 from .corpora import Scorer, decode_set, score_outputs  # noqa: F401  (score_outputs re-exported)
 from .data import linearize_mr
 from .decode import decode
-from .hardware import dtype_of, resolve_precision, set_threads
+from .dist import shard, start
+from .hardware import available_cores, dtype_of, resolve_precision, set_threads
 from .models import KVShape, resolve_device
 from .run import DecodeFiles, RunDir, load_run, read_config, read_prefix, write_decoded
 
@@ -93,6 +99,9 @@ def generate_runs(run_dirs: Sequence[str | Path], split: str = "test", *, out: s
     if out is not None and len(run_dirs) > 1 and "{run}" not in str(out):
         raise ValueError("--out with several run dirs must contain '{run}' (replaced by each run dir's name)")
     dev = resolve_device(device)
+    procs = start(dev)
+    if procs.world > 1:
+        dev = procs.accelerator.device  # this process's GPU (cuda:LOCAL_RANK), or the CPU
     name = Path(mrs).stem if mrs is not None else split
     jobs, groups = [], {}
     for run in map(RunDir, run_dirs):
@@ -108,7 +117,8 @@ def generate_runs(run_dirs: Sequence[str | Path], split: str = "test", *, out: s
     for group in groups.values():
         model, tokenizer, prefixes = _load_group(group, dev)
         d = group[0].decode_cfg
-        threads = set_threads(d.num_threads)
+        # processes of one machine share its cores
+        threads = set_threads(d.num_threads or max(1, available_cores() // int(os.environ.get("LOCAL_WORLD_SIZE", 1))))
         precision = resolve_precision(d.precision, dev)
         d = dataclasses.replace(d, precision=precision)
         if dtype_of(precision) is not None:
@@ -116,10 +126,17 @@ def generate_runs(run_dirs: Sequence[str | Path], split: str = "test", *, out: s
         tables = [t for job in group for t in job.tables]
         index = [k for k, job in enumerate(group) for _ in job.tables]
         with_prefix = prefixes[0] is not None
+        mine = shard(range(len(tables)), procs.world, procs.rank)  # this process's rows (all of them alone)
         t0 = time.time()
-        texts = decode(model, tokenizer, tables, prefixes if with_prefix else None, d,
-                       prefix_index=index if with_prefix else None, progress=progress)
+        texts = decode(model, tokenizer, [tables[i] for i in mine], prefixes if with_prefix else None, d,
+                       prefix_index=[index[i] for i in mine] if with_prefix else None,
+                       progress=progress and procs.is_main) if mine else []
+        if procs.world > 1:
+            texts = gather_object(texts)  # every process's outputs, in rank order: the rows in order
         seconds = time.time() - t0
+        if not procs.is_main:  # one writer
+            del model
+            continue
         at = 0
         for job in group:
             hyps, at = texts[at:at + len(job.tables)], at + len(job.tables)
@@ -130,6 +147,7 @@ def generate_runs(run_dirs: Sequence[str | Path], split: str = "test", *, out: s
                            decode_seconds=round(seconds, 2), decoded_with=[str(j.run.path) for j in group])
             write_decoded(job.files, hyps, job.refs, res)
         del model
+    procs.wait()  # the files are written when any process returns
     return [job.files for job in jobs]
 
 

@@ -25,6 +25,7 @@ from .config import MethodConfig, RunConfig
 from .lora import IS_LORA, add_lora
 from .models import KVShape
 from .prefix import PrefixEncoder, PromptEmbedding, activations_of, embedding_activations, prefix_inputs
+from .recompute import training_cache
 from .state import Select
 
 
@@ -82,9 +83,12 @@ class Method:
         The LM head over a 50k vocabulary is a large part of a prefix step; the table part of a sequence
         needs no logits, so training keeps only the positions from the first target on."""
         if self.encoder is None:
-            kw = dict(input_ids=input_ids, attention_mask=attention_mask)
+            # no cache: nothing reuses it, and a block recomputed by gradient checkpointing would extend it twice
+            kw = dict(input_ids=input_ids, attention_mask=attention_mask, use_cache=False)
         else:
-            kw = prefix_inputs(self.prefix(), input_ids, attention_mask, dtype=dtype)
+            # training: a cache that a recomputed block (gradient checkpointing) cannot extend twice
+            cache = training_cache() if torch.is_grad_enabled() else None
+            kw = prefix_inputs(self.prefix(), input_ids, attention_mask, dtype=dtype, cache=cache)
         return self.model(**kw, logits_to_keep=logits_to_keep).logits
 
 

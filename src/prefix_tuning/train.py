@@ -27,9 +27,11 @@ from .checkpoint import RESTART, CorruptFileError, load_checkpoint, remove_stale
 from .config import RunConfig, save_config
 from .corpora import train_dev_examples
 from .data import IGNORE_INDEX, E2EDataset, collate
-from .hardware import describe_cpu, dtype_of, resolve_precision, set_threads
+from .dist import Processes, check_split, micro_batches, shard, start
+from .hardware import available_cores, describe_cpu, dtype_of, resolve_precision, set_threads
 from .methods import Method, build_method, stored_numel
 from .models import load_model, load_tokenizer, resolve_device
+from .recompute import enable_checkpointing
 from .run import RunDir, save_artifact
 
 
@@ -75,24 +77,43 @@ def batch_loss(method: Method, batch: dict[str, Tensor], mode: str, dtype: torch
     return logp.sum() / max(n_tokens, 1), n_tokens
 
 
-def batches(n: int, batch_size: int, seed: int, epoch: int) -> list[list[int]]:
-    """Shuffled batches of one epoch: a pure function of (seed, epoch), so a resumed run sees the same order."""
+MEGABATCH = 50  # batches per length-sorted group (HF Trainer's LengthGroupedSampler)
+
+
+def batches(n: int, batch_size: int, seed: int, epoch: int, lengths: list[int] | None = None) -> list[list[int]]:
+    """Shuffled batches of one epoch: a pure function of (seed, epoch), so a resumed run sees the same order.
+
+    lengths: group by length: the shuffled order is cut into megabatches of MEGABATCH batches, each sorted
+    longest first, and the batch holding the longest example of the epoch goes first (an out-of-memory error
+    shows at step 1, not hours later)."""
     order = torch.randperm(n, generator=torch.Generator().manual_seed(seed * 1000 + epoch)).tolist()
-    return [order[i:i + batch_size] for i in range(0, n, batch_size)]
+    if lengths is not None:
+        mega = MEGABATCH * batch_size
+        order = [i for j in range(0, n, mega) for i in sorted(order[j:j + mega], key=lambda i: -lengths[i])]
+    out = [order[i:i + batch_size] for i in range(0, n, batch_size)]
+    if lengths is not None and out:
+        longest = max(range(len(out)), key=lambda b: lengths[out[b][0]])
+        out[0], out[longest] = out[longest], out[0]
+    return out
 
 
 @torch.no_grad()
-def dev_loss(method: Method, dev, pad_id: int, cfg: RunConfig, device, dtype) -> float:
-    """Mean per-sentence loss on dev (same reduction as training, summed over batches exactly)."""
+def dev_loss(method: Method, dev, pad_id: int, cfg: RunConfig, device, dtype, procs: Processes | None = None) -> float:
+    """Mean per-sentence loss on dev (same reduction as training, summed over batches exactly). With several
+    processes each takes a consecutive share of dev, so every example counts exactly once."""
     method.eval_mode()
+    world, rank = (procs.world, procs.rank) if procs else (1, 0)
+    mine = shard(range(len(dev)), world, rank)
     total, count = 0.0, 0
-    for i in range(0, len(dev), cfg.train.batch_size):
-        chunk = dev[i:i + cfg.train.batch_size]
+    for i in range(0, len(mine), cfg.train.batch_size):
+        chunk = [dev[j] for j in mine[i:i + cfg.train.batch_size]]
         batch = {k: v.to(device) for k, v in collate(chunk, pad_id).items()}
         with _autocast(device, dtype):
             loss, _ = batch_loss(method, batch, cfg.train.loss, dtype)
         total += float(loss) * len(chunk)
         count += len(chunk)
+    if procs:
+        total, count = procs.sum(total, count)
     return total / max(count, 1)
 
 
@@ -119,18 +140,31 @@ def train(cfg: RunConfig, *, resume: bool = True, max_steps_this_call: int | Non
 
     max_steps_this_call: stop (after checkpointing) once this many steps ran in this call; for tests of
     resume and for time-boxed jobs.
+
+    Under `torchrun` / `accelerate launch` every process runs this function: each trains on its share of
+    every global batch (`dist`), only the main process writes files, all resume from the same checkpoint.
     """
     run = RunDir(cfg.out_dir)
-    run.path.mkdir(parents=True, exist_ok=True)
-    threads = set_threads(cfg.train.num_threads)
     device = resolve_device(cfg.train.device)
+    procs = start(device)
+    if procs.world > 1:
+        device = procs.accelerator.device  # this process's GPU (cuda:LOCAL_RANK), or the CPU
+    check_split(cfg.train.batch_size, procs.world, cfg.train.grad_accum)
+    main = procs.is_main
+    # processes of one machine share its cores
+    local_world = int(os.environ.get("LOCAL_WORLD_SIZE", 1))
+    threads = set_threads(cfg.train.num_threads or max(1, available_cores() // local_world))
     precision = resolve_precision(cfg.train.precision, device)
     # config.yaml records what was used: `auto` resolved for this machine
     cfg = dataclasses.replace(cfg, train=dataclasses.replace(cfg.train, precision=precision))
-    save_config(cfg, run.config)
+    if main:
+        run.path.mkdir(parents=True, exist_ok=True)
+        save_config(cfg, run.config)
     dtype = dtype_of(precision)
-    print(f"[train] {cfg.method.name}: precision {precision}, {threads} threads, device {device}"
-          + (f" ({describe_cpu()})" if device.type == "cpu" else ""), file=sys.stderr)
+    if main:
+        print(f"[train] {cfg.method.name}: precision {precision}, {threads} threads, device {device}"
+              + (f", {procs.world} processes" if procs.world > 1 else "")
+              + (f" ({describe_cpu()})" if device.type == "cpu" else ""), file=sys.stderr)
 
     train_ex, dev_ex = load_examples(cfg)
     torch.manual_seed(cfg.train.seed)
@@ -141,10 +175,12 @@ def train(cfg: RunConfig, *, resume: bool = True, max_steps_this_call: int | Non
     dev_set = E2EDataset(dev_ex, tokenizer, max_length=cfg.data.max_length)
     model = load_model(cfg.model.name, revision=cfg.model.revision).to(device)
     method = build_method(cfg.method, model, tokenizer, seed=cfg.train.seed)
+    if cfg.train.gradient_checkpointing:
+        enable_checkpointing(model)
     if not train_set:
         raise ValueError("no training examples")
 
-    micro = cfg.train.batch_size // cfg.train.grad_accum
+    lengths = [len(train_set[i][0]) for i in range(len(train_set))] if cfg.data.group_by_length else None
     steps_per_epoch = math.ceil(len(train_set) / cfg.train.batch_size)
     total_steps = cfg.train.max_steps or steps_per_epoch * cfg.train.epochs
     params = method.trainable()
@@ -156,7 +192,9 @@ def train(cfg: RunConfig, *, resume: bool = True, max_steps_this_call: int | Non
 
     step, best, train_seconds = 0, None, 0.0
     ckpt_path = run.checkpoint
-    remove_stale_temps(run.path, ckpt_path.parent)  # left by writes that a kill cut short
+    if main:
+        remove_stale_temps(run.path, ckpt_path.parent)  # left by writes that a kill cut short
+    procs.wait()  # every process sees the same files from here on
     if resume and ckpt_path.is_file():
         ck = load_checkpoint(ckpt_path)
         method.load_trainable_state(ck["trainable"])
@@ -164,15 +202,17 @@ def train(cfg: RunConfig, *, resume: bool = True, max_steps_this_call: int | Non
         sched.load_state_dict(ck["scheduler"])
         step, best, train_seconds = ck["step"], ck["best_dev_loss"], ck["train_seconds"]
         _set_rng_state(ck["rng"])
-        if run.log.is_file() and run.log.stat().st_size > ck["log_bytes"]:
+        if main and run.log.is_file() and run.log.stat().st_size > ck["log_bytes"]:
             os.truncate(run.log, ck["log_bytes"])  # lines after the checkpoint: the resumed run writes them again
     elif resume and (old := run.path / "checkpoints" / "last.pt").is_file():
         raise CorruptFileError(f"{old} is an older prefix-tuning's pickle checkpoint, not loaded (unpickling can run "
                                f"arbitrary code); {RESTART}")
-    elif run.log.exists():
+    elif main and run.log.exists():
         run.log.unlink()  # a fresh run: the old log would mix two runs
 
     def checkpoint() -> None:
+        if not main:
+            return
         log.flush()  # the log up to this step is on disk, and its length is in the checkpoint
         os.fsync(log.fileno())
         save_checkpoint(ckpt_path, {"trainable": method.trainable_state(), "optimizer": opt.state_dict(),
@@ -184,36 +224,43 @@ def train(cfg: RunConfig, *, resume: bool = True, max_steps_this_call: int | Non
         nonlocal best
         if not dev_set:
             return
-        loss = dev_loss(method, dev_set, tokenizer.pad_token_id, cfg, device, dtype)
+        loss = dev_loss(method, dev_set, tokenizer.pad_token_id, cfg, device, dtype, procs)
         log.write(json.dumps({**tag, "step": step, "dev_loss": loss}) + "\n")
         log.flush()
         if best is None or loss < best:
             best = loss
-            save_artifact(run, method, cfg)  # the best weights are the run's output
+            if main:
+                save_artifact(run, method, cfg)  # the best weights are the run's output
         method.train_mode(cfg.method.backbone_dropout)
 
-    log = open(run.log, "a", encoding="utf-8")
+    log = open(run.log if main else os.devnull, "a", encoding="utf-8")  # one writer: the main process
     log.write(json.dumps({"event": "start", "step": step, "precision": precision, "threads": threads,
                           "device": str(device), "cpu": describe_cpu() if device.type == "cpu" else None}) + "\n")
-    bar = tqdm(total=total_steps, initial=step, desc=f"train {cfg.method.name}", unit="step", dynamic_ncols=True)
+    bar = tqdm(total=total_steps, initial=step, desc=f"train {cfg.method.name}", unit="step", dynamic_ncols=True,
+               disable=not main)
     steps_this_call = 0
     method.train_mode(cfg.method.backbone_dropout)
     try:
         while step < total_steps:
             epoch, in_epoch = divmod(step, steps_per_epoch)
-            idx = batches(len(train_set), cfg.train.batch_size, cfg.train.seed, epoch)[in_epoch]
+            idx = batches(len(train_set), cfg.train.batch_size, cfg.train.seed, epoch, lengths)[in_epoch]
             t0 = time.perf_counter()
             n_tok, loss_sum = 0, 0.0
             opt.zero_grad(set_to_none=True)
-            for j in range(0, len(idx), micro):
-                part = [train_set[i] for i in idx[j:j + micro]]
+            # this process's share of the global batch, in grad_accum micro-batches
+            for rows in micro_batches(idx, procs.world, procs.rank, cfg.train.grad_accum):
+                part = [train_set[i] for i in rows]
                 batch = {k: v.to(device) for k, v in collate(part, tokenizer.pad_token_id).items()}
                 with _autocast(device, dtype):
                     loss, n = batch_loss(method, batch, cfg.train.loss, dtype)
-                loss = loss * len(part) / len(idx)  # accumulation gives the same mean as one big batch
+                # weighted by its share of the global batch: summed over micro-batches and processes, the
+                # gradient is that of one big batch
+                loss = loss * len(part) / len(idx)
                 scaler.scale(loss).backward()
                 loss_sum += float(loss.detach())
                 n_tok += int(batch["attention_mask"].sum())
+            procs.sum_grads(params)  # the global batch's gradient, the same in every process
+            loss_sum, n_tok = procs.sum(loss_sum, n_tok)
             if cfg.train.max_grad_norm is not None:
                 scaler.unscale_(opt)
                 torch.nn.utils.clip_grad_norm_(params, cfg.train.max_grad_norm)
@@ -244,8 +291,9 @@ def train(cfg: RunConfig, *, resume: bool = True, max_steps_this_call: int | Non
         log.close()
 
     artifact = run.artifact(cfg)
-    if step >= total_steps and (best is None or not artifact.exists()):
+    if main and step >= total_steps and (best is None or not artifact.exists()):
         save_artifact(run, method, cfg)  # no dev set: the last weights are the output
+    procs.wait()  # the run's files are written when any process returns
     epochs_done = step / steps_per_epoch
     return TrainResult(run.path, step, best, train_seconds, train_seconds / max(epochs_done, 1e-9),
                        stored_numel(cfg, model, method.encoder.length if method.encoder else None),

@@ -1,0 +1,100 @@
+"""Training and decoding in several processes (`torchrun` or `accelerate launch`), through `accelerate`.
+
+`train.batch_size` stays the GLOBAL batch (the paper's 10): each optimiser step's batch is cut into
+processes x grad_accum micro-batches (`micro_batches`), each micro-batch's loss is weighted by its share of
+the global batch, and the gradients are SUMMED over processes (`sum_grads`). With the `sentence_sum` loss (a
+mean over the global batch) that is the gradient of one process on the whole batch, so a recipe optimises
+the same whatever the process count (checked to 1e-5 in tests/test_scale.py).
+
+Why an explicit all-reduce rather than wrapping the model in DDP: a prefix is a few hundred thousand numbers,
+so overlapping its communication with the backward gains nothing, while DDP needs every process to run a
+backward at every step, which the last, short batch of an epoch may not give each process (a process with no
+rows contributes zero gradients here). Every process applies the same update to the same starting weights
+(same seed), so the weights stay identical without broadcasting them.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import TypeVar
+
+import torch
+from accelerate import Accelerator
+from torch import nn
+
+T = TypeVar("T")
+
+
+@dataclass
+class Processes:
+    """This process's place among the processes of a launch (one process when not launched)."""
+
+    accelerator: Accelerator
+
+    @property
+    def world(self) -> int:
+        return self.accelerator.num_processes
+
+    @property
+    def rank(self) -> int:
+        return self.accelerator.process_index
+
+    @property
+    def is_main(self) -> bool:
+        """Only the main process writes files (logs, checkpoints, results) and shows a progress bar."""
+        return self.accelerator.is_main_process
+
+    def sum(self, *values: float) -> list[float]:
+        """The sums over all processes of a few numbers (float64, so a sum of sums stays exact enough)."""
+        if self.world == 1:
+            return list(values)
+        t = torch.tensor(values, dtype=torch.float64, device=self.accelerator.device)
+        return self.accelerator.reduce(t, reduction="sum").tolist()
+
+    def sum_grads(self, params: Sequence[nn.Parameter]) -> None:
+        """Replace each parameter's gradient by its sum over the processes (a missing one counts as zero)."""
+        if self.world == 1:
+            return
+        for p in params:
+            if p.grad is None:
+                p.grad = torch.zeros_like(p)
+        flat = torch.cat([p.grad.reshape(-1) for p in params])  # one collective for all of them
+        flat = self.accelerator.reduce(flat, reduction="sum")
+        at = 0
+        for p in params:
+            p.grad.copy_(flat[at:at + p.numel()].view_as(p.grad))
+            at += p.numel()
+
+    def wait(self) -> None:
+        self.accelerator.wait_for_everyone()
+
+
+def start(device: torch.device) -> Processes:
+    """Join the launch this process belongs to (gloo on CPU, NCCL on CUDA); a lone process needs no launch."""
+    return Processes(Accelerator(cpu=device.type == "cpu"))
+
+
+def check_split(batch_size: int, world: int, grad_accum: int) -> None:
+    """A global batch must split evenly into processes x accumulation steps, or the recipe would change."""
+    if batch_size % (world * grad_accum):
+        raise ValueError(f"train.batch_size={batch_size} (the global batch) does not split into {world} "
+                         f"process(es) x train.grad_accum={grad_accum} micro-batches; choose a batch size that "
+                         f"is a multiple of {world * grad_accum} or another grad_accum / process count")
+
+
+def micro_batches(idx: list[T], world: int, rank: int, grad_accum: int) -> list[list[T]]:
+    """This process's grad_accum micro-batches of one global batch: the batch cut into world x grad_accum
+    near-equal consecutive parts, process r taking parts r*grad_accum .. (r+1)*grad_accum-1. A short last
+    batch of an epoch may leave some parts empty (they are skipped)."""
+    n, parts = len(idx), world * grad_accum
+    cuts = [k * n // parts for k in range(parts + 1)]
+    mine = range(rank * grad_accum, (rank + 1) * grad_accum)
+    return [idx[cuts[k]:cuts[k + 1]] for k in mine if cuts[k + 1] > cuts[k]]
+
+
+def shard(items: Sequence[T], world: int, rank: int) -> list[T]:
+    """This process's consecutive share of `items` (each item in exactly one process; merged in rank order
+    they are `items` again)."""
+    n = len(items)
+    return list(items[rank * n // world:(rank + 1) * n // world])
