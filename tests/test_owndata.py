@@ -12,7 +12,10 @@ import pytest
 from prefix_tuning import corpora, owndata, webnlg
 from prefix_tuning.cli import main
 from prefix_tuning.config import ConfigError, load_config
+from prefix_tuning.data import E2EDataset
 from prefix_tuning.e2e import DataError
+from prefix_tuning.generate import load_tables
+from prefix_tuning.models import load_tokenizer
 
 REPO = Path(__file__).resolve().parents[1]
 TINY = REPO / "tests" / "data" / "tiny_custom.jsonl"
@@ -136,8 +139,6 @@ def test_webnlg_trains_generates_and_evaluates(tmp_path, capsys):
 
 def test_generate_mrs_file_is_used_verbatim_for_other_datasets(tmp_path, monkeypatch):
     monkeypatch.chdir(REPO)
-    from prefix_tuning.generate import load_tables
-
     cfg = load_config(REPO / "configs" / "custom_example.yaml")
     src = tmp_path / "sources.txt"
     src.write_text("name : Aromi | food : Chinese\n\ncity : Oslo\n")
@@ -147,9 +148,6 @@ def test_generate_mrs_file_is_used_verbatim_for_other_datasets(tmp_path, monkeyp
 
 def test_custom_without_dev_file_and_too_long_source(tmp_path):
     """No dev file: no dev examples (no dev loss). A source longer than max_length names its file:line."""
-    from prefix_tuning.data import E2EDataset
-    from prefix_tuning.models import load_tokenizer
-
     cfg = load_config(None, ["data.dataset=custom", f"data.train={TINY}"])
     train, dev = corpora.train_dev_examples(cfg)
     assert len(train) == 6 and dev == []

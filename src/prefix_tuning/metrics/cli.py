@@ -171,11 +171,15 @@ def _print_nested(res: dict) -> None:
             print(f"{name}  " + "  ".join(f"{k} {v:.4f}" for k, v in sub.items() if isinstance(v, float)))
 
 
+_DATASET_SCORES = {"webnlg": _webnlg_scores, "custom": _custom_scores}
+"""`evaluate --dataset` modes other than E2E's: args -> scores (S/U/A, or all sources with per-group scores)."""
+
+
 def run_evaluate(args: argparse.Namespace) -> int:
     """Run ``evaluate``; returns the process exit status."""
     if args.dataset != "e2e":
         try:
-            res = (_webnlg_scores if args.dataset == "webnlg" else _custom_scores)(args)
+            res = _DATASET_SCORES[args.dataset](args)
         except (EvalInputError, ValueError, OSError) as err:
             print(f"error: {err}", file=sys.stderr)
             return 2
