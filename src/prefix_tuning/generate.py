@@ -28,7 +28,7 @@ from .corpora import Scorer, decode_set, score_outputs  # noqa: F401  (score_out
 from .data import linearize_mr
 from .decode import decode
 from .dist import shard, start
-from .hardware import available_cores, dtype_of, resolve_precision, set_threads
+from .hardware import dtype_of, resolve_precision, set_threads
 from .models import KVShape, resolve_device
 from .run import DecodeFiles, RunDir, load_run, read_config, read_prefix, write_decoded
 
@@ -118,7 +118,7 @@ def generate_runs(run_dirs: Sequence[str | Path], split: str = "test", *, out: s
         model, tokenizer, prefixes = _load_group(group, dev)
         d = group[0].decode_cfg
         # processes of one machine share its cores
-        threads = set_threads(d.num_threads or max(1, available_cores() // int(os.environ.get("LOCAL_WORLD_SIZE", 1))))
+        threads = set_threads(d.num_threads, processes=int(os.environ.get("LOCAL_WORLD_SIZE", 1)))
         precision = resolve_precision(d.precision, dev)
         d = dataclasses.replace(d, precision=precision)
         if dtype_of(precision) is not None:

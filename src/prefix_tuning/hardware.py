@@ -109,8 +109,9 @@ def available_cores() -> int:
     return max(1, n)
 
 
-def set_threads(num_threads: int | None) -> int:
-    """Set torch's intra-op threads (None: every available core); returns the number set."""
-    n = num_threads or available_cores()
+def set_threads(num_threads: int | None, processes: int = 1) -> int:
+    """Set torch's intra-op threads (None: the available cores, shared by `processes` processes of this machine);
+    returns the number set."""
+    n = num_threads or max(1, available_cores() // processes)
     torch.set_num_threads(n)
     return n
