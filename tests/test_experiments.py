@@ -128,7 +128,8 @@ def test_plan_recipes():
             lora.train.warmup_steps) == (4, 32.0, 2e-4, 0.01, 8, 500)
     i = experiments.plan("intrinsic", model="m")
     assert [(x.cfg.method.prefix_length, x.cfg.method.embedding_only) for x in i.runs] == [
-        (P, e) for P in (1, 10, 20) for e in (False, True)]
+        (P, e) for P in (1, 10, 20) for e in (False, True, False)]
+    assert [x.cfg.method.position for x in i.runs[:3]] == ["prefix", "prefix", "infix"]
     n = experiments.plan("init", model="m", grid=experiments.Grid(seeds=(0,)))
     assert len(n.runs) == 2 * 7 and n.runs[0].cfg.method.init == "random"
     assert {x.cfg.method.init_text for x in n.runs[1:7]} == {"table-to-text:", "summarize", "table", "elephant",
@@ -142,7 +143,7 @@ def test_plan_recipes():
     pytest.param("table1", ["prefix", "finetune", "finetune-top2", "adapter-3%", "adapter-0.1%", "lora"],
                  "table1_metrics.png", marks=pytest.mark.slow),  # ~80 s: six runs
     ("table1", ["adapter-0.1%", "lora"], "table1_metrics.png"),  # the default suite: the rows new to table1
-    ("intrinsic", ["prefix-P2", "embedding-only-P2"], "intrinsic.png"),
+    ("intrinsic", ["prefix-P2", "embedding-only-P2", "infix-P2"], "intrinsic.png"),
     ("init", ["init-random-n16-s0", "init-table-to-text-n16-s0", "init-elephant-n16-s0"], "init.png"),
 ])
 def test_quick_new_experiments(name, runs, plot, tmp_path):
@@ -164,5 +165,5 @@ def test_quick_new_experiments(name, runs, plot, tmp_path):
             assert by["adapter-0.1%"]["stored_params"] < by["adapter-3%"]["stored_params"]
             assert by["finetune-top2"]["stored_params"] < by["finetune"]["stored_params"] / 2
     if name == "intrinsic":
-        assert "| embedding-only | 2 |" in table
+        assert "| embedding-only | 2 |" in table and "| infix | 2 |" in table
         assert by["embedding-only-P2"]["stored_params"] < by["prefix-P2"]["stored_params"]

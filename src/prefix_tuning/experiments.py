@@ -102,7 +102,7 @@ def _table1_runs(grid: Grid) -> list[RunSpec]:
     return [(name, {"method": name}, {"method": method, "train": t, "data": data}) for name, method, t in rows]
 
 
-INTRINSIC_VARIANTS = {"prefix": {}, "embedding-only": {"embedding_only": True}}
+INTRINSIC_VARIANTS = {"prefix": {}, "embedding-only": {"embedding_only": True}, "infix": {"position": "infix"}}
 """§7.3's variants of where the continuous tokens go, as method settings over the prefix."""
 
 

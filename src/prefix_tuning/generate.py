@@ -137,7 +137,8 @@ def generate_runs(run_dirs: Sequence[str | Path], split: str = "test", *, out: s
         with_prefix = prefixes[0] is not None
         t0 = time.time()
         texts = decode(model, tokenizer, tables, prefixes if with_prefix else None, d,
-                       prefix_index=index if with_prefix else None, progress=progress)
+                       prefix_index=index if with_prefix else None, progress=progress,
+                       position=group[0].cfg.method.position)
         seconds = time.time() - t0
         at = 0
         for job in group:

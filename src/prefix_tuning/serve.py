@@ -144,8 +144,8 @@ def load_state(model: str, prefixes: list[str], *, device: str = "auto", precisi
         name, revision, data_dir, model_id = cfg.model.name, cfg.model.revision, cfg.data.dir, cfg.model.name
         if run.artifact(cfg) == run.prefix:
             extra = [str(run.path)]
-        elif cfg.method.embedding_only:
-            raise ValueError(f"{run.path}: embedding-only runs cannot be served yet; decode them with "
+        elif cfg.method.embedding_only or cfg.method.position == "infix":
+            raise ValueError(f"{run.path}: embedding-only and infix runs cannot be served yet; decode them with "
                              "`prefix-tuning generate`")
         else:  # its own weights, or the base model with its method's stored part (FT-top2, adapter, LoRA)
             weights, model_id = run.path, run.path.resolve().name
