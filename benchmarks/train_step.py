@@ -5,6 +5,8 @@ clipping (max norm 1.0, as `train.train` does) and AdamW step -- for
   - ours:     `build_method(MethodConfig(name='prefix', prefix_length=5))` + `train.batch_loss`;
   - peft:     PEFT `PrefixTuningConfig(num_virtual_tokens=5, prefix_projection=True, encoder_hidden_size=512)`;
   - finetune: `build_method(MethodConfig(name='finetune'))` + `train.batch_loss`;
+  - adapter, lora: `build_method(MethodConfig(name='adapter'))` (3% of the model) and `name='lora'` (r 4, alpha 32),
+    trained in `Method.train_mode` (model.train(): dropout on, LoRA's included);
 on a GPT-2-small-shaped model (`GPT2Config()` defaults: 12 layers, 768 wide, random seeded weights, the
 same weights for every method) and a batch of 10 x 72 random token ids whose first half is masked with -100
 in the labels (like the table part of an E2E example), in fp32 and the device's native low precision (autocast):
@@ -48,8 +50,9 @@ import sys
 import time
 import warnings
 
-METHODS = ("ours", "peft", "finetune")
-LR = {"ours": 8e-5, "peft": 8e-5, "finetune": 5e-5}  # paper appendix (irrelevant to speed)
+METHODS = ("ours", "peft", "finetune", "adapter", "lora")
+LR = {"ours": 8e-5, "peft": 8e-5, "finetune": 5e-5, "adapter": 5e-5, "lora": 2e-4}  # recipes (irrelevant to speed)
+OUR_METHODS = {"ours": "prefix", "finetune": "finetune", "adapter": "adapter", "lora": "lora"}  # -> MethodConfig.name
 PRECISIONS = ("fp32", "bf16", "fp16")
 
 
@@ -95,8 +98,8 @@ def setup(method: str, model, seed: int):
         pm.train()
         pm.get_base_model().eval()  # backbone dropout off, as for ours
         return PeftAsMethod(pm), [p for p in pm.parameters() if p.requires_grad]
-    name = "prefix" if method == "ours" else "finetune"
-    m = build_method(MethodConfig(name=name, prefix_length=5), model, tokenizer=None, seed=seed)
+    # adapter: 3% of the model (Table 1's larger row); LoRA: rank 4, alpha 32, dropout 0.1 on q and v
+    m = build_method(MethodConfig(name=OUR_METHODS[method], prefix_length=5), model, tokenizer=None, seed=seed)
     m.train_mode(backbone_dropout=False)
     return m, m.trainable()
 

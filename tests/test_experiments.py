@@ -119,8 +119,22 @@ def test_plan_recipes():
     a = experiments.plan("ablation", model="m", grid=experiments.Grid(train_size=100))
     assert [x.cfg.method.prefix_length for x in a.runs] == [1, 5, 10, 20, 40]
     t = experiments.plan("table1", model="m")
-    assert [x.name for x in t.runs] == ["prefix", "finetune", "finetune-top2"] and t.test_limit is None
+    assert [x.name for x in t.runs] == ["prefix", "finetune", "finetune-top2", "adapter-3%", "adapter-0.1%", "lora"]
+    assert t.test_limit is None
     assert t.runs[0].cfg.train.lr == 8e-5 and t.runs[2].cfg.method.top_k_layers == 2
+    assert [x.cfg.method.adapter_fraction for x in t.runs[3:5]] == [0.03, 0.001]
+    lora = t.runs[5].cfg
+    assert (lora.method.lora_rank, lora.method.lora_alpha, lora.train.lr, lora.train.weight_decay, lora.train.batch_size,
+            lora.train.warmup_steps) == (4, 32.0, 2e-4, 0.01, 8, 500)
+    i = experiments.plan("intrinsic", model="m")
+    assert [(x.cfg.method.prefix_length, x.cfg.method.embedding_only) for x in i.runs] == [
+        (P, e) for P in (1, 10, 20) for e in (False, True, False)]
+    assert [x.cfg.method.position for x in i.runs[:3]] == ["prefix", "prefix", "infix"]
+    n = experiments.plan("init", model="m", grid=experiments.Grid(seeds=(0,)))
+    assert len(n.runs) == 2 * 7 and n.runs[0].cfg.method.init == "random"
+    assert {x.cfg.method.init_text for x in n.runs[1:7]} == {"table-to-text:", "summarize", "table", "elephant",
+                                                             "banana", "divide"}
+    assert {x.cfg.data.train_size for x in n.runs} == {50, 100} and n.runs[1].cfg.method.prefix_length is None
     d = experiments.plan("demo")
     assert d.test_limit == 100 and d.runs[0].cfg.model.name == "smollm2-135m" and len(d.runs) == 2
 
@@ -151,3 +165,33 @@ def test_webnlg_plan():
     assert (c.data.dataset, c.data.train_size, c.data.subset_seed, c.method.prefix_length) == ("webnlg", 500, 0, 5)
     assert (c.train.lr, c.train.batch_size, c.train.epochs, c.train.seed) == (5e-5, 5, 5, 101)
     assert p.runs[3].cfg.data.subset_seed == 1 and p.runs[3].cfg.method.name == "finetune"
+
+
+@pytest.mark.parametrize("name,runs,plot", [
+    pytest.param("table1", ["prefix", "finetune", "finetune-top2", "adapter-3%", "adapter-0.1%", "lora"],
+                 "table1_metrics.png", marks=pytest.mark.slow),  # ~80 s: six runs
+    ("table1", ["adapter-0.1%", "lora"], "table1_metrics.png"),  # the default suite: the rows new to table1
+    ("intrinsic", ["prefix-P2", "embedding-only-P2", "infix-P2"], "intrinsic.png"),
+    ("init", ["init-random-n16-s0", "init-table-to-text-n16-s0", "init-elephant-n16-s0"], "init.png"),
+])
+def test_quick_new_experiments(name, runs, plot, tmp_path):
+    """table1, intrinsic and init end to end on the tiny model (`--quick`), scored without Java (BLEU and
+    ROUGE-L: seconds instead of METEOR's start-up per run): runs, stored sizes, the table beside the paper, plot."""
+    p = experiments.plan(name, grid=experiments.Grid(quick=True), runs_dir=tmp_path / "runs",
+                         metrics=("BLEU", "ROUGE_L"))
+    p.runs = [r for r in p.runs if r.name in runs]
+    results = experiments.reproduce(p, tmp_path / "out")
+    assert [r["name"] for r in results] == runs
+    assert all(set(r["metrics"]) == {"BLEU", "ROUGE_L"} and r["stored_params"] > 0 for r in results)
+    table = (tmp_path / "out" / "table.md").read_text()
+    assert (tmp_path / "out" / plot).stat().st_size > 0
+    by = {r["name"]: r for r in results}
+    if name == "table1":
+        assert "| adapter-0.1% | " in table and "| 66.3 |" in table and "| 70.4 |" in table  # paper beside ours
+        assert by["lora"]["stored_params"] < by["adapter-0.1%"]["stored_params"] * 10
+        if "finetune" in by:
+            assert by["adapter-0.1%"]["stored_params"] < by["adapter-3%"]["stored_params"]
+            assert by["finetune-top2"]["stored_params"] < by["finetune"]["stored_params"] / 2
+    if name == "intrinsic":
+        assert "| embedding-only | 2 |" in table and "| infix | 2 |" in table
+        assert by["embedding-only-P2"]["stored_params"] < by["prefix-P2"]["stored_params"]

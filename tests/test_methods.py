@@ -7,11 +7,15 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from prefix_tuning.config import load_config, save_config
+from prefix_tuning.beam import SearchSettings, search
+from prefix_tuning.config import DecodeConfig, load_config, save_config
+from prefix_tuning.data import encode_example, encode_prompt
+from prefix_tuning.decode import decode, ids_to_text
+from prefix_tuning.infix import infix_logits
 from prefix_tuning.generate import generate_runs
 from prefix_tuning.methods import build_method, stored_numel
-from prefix_tuning.models import build_tiny
-from prefix_tuning.prefix import embedding_activations, prefix_inputs
+from prefix_tuning.models import build_tiny, load_tokenizer
+from prefix_tuning.prefix import activations_of, embedding_activations, prefix_inputs
 from prefix_tuning.run import RunDir, load_run, save_artifact
 from prefix_tuning.train import train
 
@@ -23,7 +27,7 @@ METHODS = {
     "embedding-only": ["method.name=prefix", "method.embedding_only=true", "method.prefix_length=3"],
 }
 FILES = {"finetune-top": "top.safetensors", "adapter": "adapter.safetensors", "adapter-fraction": "adapter.safetensors",
-         "lora": "lora.safetensors", "embedding-only": "prompt.safetensors"}
+         "lora": "lora.safetensors", "embedding-only": "prompt.safetensors", "infix": "infix.safetensors"}
 TINY = ["data.train_size=12", "data.dev_size=4", "data.max_length=64", "train.batch_size=4", "train.lr=1e-2",
         "train.precision=fp32", "decode.precision=fp32", "decode.beam_size=2", "decode.max_new_tokens=6",
         "decode.min_new_tokens=1"]
@@ -100,7 +104,8 @@ def test_train_and_generate_every_method(tmp_path, data_dir):
     one call (grouped apart: their artifacts differ); outputs equal a separate decode of each run."""
     dirs = []
     for name, args in [("prefix", ["method.prefix_length=2", "method.mlp_hidden=8"])] + \
-            [(m, METHODS[m]) for m in ("adapter", "lora", "finetune-top", "embedding-only")]:
+            [(m, METHODS[m]) for m in ("adapter", "lora", "finetune-top", "embedding-only")] + \
+            [("infix", ["method.position=infix", "method.prefix_length=2", "method.mlp_hidden=8"])]:
         res = train(load_config(None, ["model.name=tiny-gpt2", "train.max_steps=2", f"out_dir={tmp_path / name}",
                                        *TINY, *args]))
         assert res.artifact.name == FILES.get(name, "prefix.safetensors") and res.artifact.is_file()
@@ -111,3 +116,57 @@ def test_train_and_generate_every_method(tmp_path, data_dir):
     assert all(len(t.splitlines()) == 3 for t in texts)
     alone = generate_runs([dirs[-1]], "test", out=tmp_path / "alone-outputs.txt", limit=3, scores=False)
     assert alone[0].outputs.read_text() == texts[-1]
+
+
+TABLES = ["name : The Eagle | Type : coffee shop", "name : Zizzi | food : French | area : riverside | near : X"]
+
+
+@pytest.mark.parametrize("model_name", ["tiny-gpt2", "tiny-llama"])
+def test_infix_is_tokens_between_table_and_separator(model_name):
+    """§7.4: with the activations that words w get in context (after the table x, at positions X..X+2) as the
+    infix, the training logits equal those of the token sequence [x; w; sep y] (positions continue after the
+    infix; rows of different lengths in one padded batch), and beam-2 decoding equals decoding the prompt
+    x + w + [sep] without any prefix."""
+    model, tok = build_tiny(model_name), load_tokenizer("tiny-gpt2")
+    eos = tok.eos_token_id
+    w = _ids(1, 3, seed=4)[0].tolist()
+    rows = [encode_example(tok, t, "It is a nice place .")[0] for t in TABLES]
+    seps = [r.index(eos, 1) for r in rows]
+    infixes = [activations_of(model, torch.tensor([r[:s] + w]))[..., s:, :] for r, s in zip(rows, seps)]
+    T = max(map(len, rows))
+    ids = torch.tensor([r + [eos] * (T - len(r)) for r in rows])
+    mask = torch.tensor([[1] * len(r) + [0] * (T - len(r)) for r in rows])
+    for i, (r, s) in enumerate(zip(rows, seps)):
+        got = infix_logits(model, infixes[i], ids, mask, eos)[i]  # (T, V) in the layout of ids
+        full = model(input_ids=torch.tensor([r[:s] + w + r[s:]])).logits[0, s + 3:]
+        assert (got[s:len(r)] - full).abs().max() <= 1e-4
+        assert (model(input_ids=torch.tensor([r])).logits[0, s:] - full).abs().max() > 1e-3  # the infix matters
+    cfg = DecodeConfig(beam_size=2, max_new_tokens=6, min_new_tokens=1, ban_newlines=False, precision="fp32")
+    texts = decode(model, tok, TABLES, infixes, cfg, prefix_index=[0, 1], position="infix")
+    prompts = [p[:-1] + w + p[-1:] for p in (encode_prompt(tok, t) for t in TABLES)]
+    ref = search(model, prompts, None, SearchSettings.from_config(cfg, eos_id=eos), pad_id=eos)
+    assert texts == [ids_to_text(tok, g) for g in ref]
+
+
+def test_infix_step_touches_only_the_infix_and_reloads(tmp_path):
+    cfg = load_config(None, ["model.name=tiny-gpt2", f"out_dir={tmp_path}", "method.position=infix",
+                             "method.prefix_length=2", "method.mlp_hidden=8"])
+    model, tok = build_tiny("tiny-gpt2"), load_tokenizer("tiny-gpt2")
+    base = {k: v.clone() for k, v in model.state_dict().items()}
+    method = build_method(cfg.method, model, tok, seed=1)
+    ids = torch.tensor([encode_example(tok, TABLES[0], "A place .")[0]])
+    opt = torch.optim.AdamW(method.trainable(), lr=1e-2)
+    method.train_mode(False)
+    logits = method.forward(ids, torch.ones_like(ids))
+    torch.nn.functional.cross_entropy(logits[0, :-1], ids[0, 1:]).backward()
+    assert all(p.grad is None for p in model.parameters())
+    assert all(p.grad is not None for p in method.trainable())
+    opt.step()
+    assert all(torch.equal(v, model.state_dict()[k]) for k, v in base.items())
+    method.eval_mode()
+    save_config(cfg, RunDir(tmp_path).config)
+    assert save_artifact(RunDir(tmp_path), method, cfg).name == "infix.safetensors"
+    run = load_run(tmp_path)
+    with torch.no_grad():
+        assert torch.equal(infix_logits(run.model, run.prefix, ids, torch.ones_like(ids), tok.eos_token_id),
+                           method.forward(ids, torch.ones_like(ids)))

@@ -112,6 +112,9 @@ class MethodConfig:
     embedding_only: bool = False
     """For `prefix`: P trainable input embeddings prepended to the sequence, no per-layer activations (§7.3,
     the prompt-tuning family); stored as (P, d) embeddings."""
+    position: Literal["prefix", "infix"] = "prefix"
+    """For `prefix`: `prefix` puts the activations before the sequence; `infix` between the table and the
+    separator, `[x; INFIX; y]` (§7.4; see `prefix_tuning.infix`), for training and decoding."""
     adapter_bottleneck: int | None = None
     """Adapter width b (Lin et al. 2020); null: from adapter_fraction."""
     adapter_fraction: float | None = 0.03
@@ -495,6 +498,9 @@ def validate(cfg: RunConfig) -> None:
                           ("decode.min_new_tokens", "decode.max_new_tokens"))
     if cfg.method.embedding_only and cfg.method.name != "prefix":
         raise ConfigError("method.embedding_only: only for method.name=prefix", ("method.embedding_only",))
+    if cfg.method.position == "infix" and (cfg.method.name != "prefix" or cfg.method.embedding_only):
+        raise ConfigError("method.position=infix: only for method.name=prefix without embedding_only",
+                          ("method.position",))
     if not 0.0 <= cfg.method.lora_dropout < 1.0:
         raise ConfigError(f"method.lora_dropout: must be in [0, 1), got {cfg.method.lora_dropout}",
                           ("method.lora_dropout",))

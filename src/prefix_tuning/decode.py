@@ -30,6 +30,7 @@ from .beam import SearchSettings, check_prefixes, decode_ids, row_prefixes
 from .config import DecodeConfig
 from .data import encode_prompt, eos_id_of
 from .hardware import resolve_precision
+from .infix import infix_prompts
 
 _newline_cache: dict = {}
 
@@ -62,17 +63,20 @@ def ids_to_text(tokenizer, ids: Sequence[int]) -> str:
 
 def decode(model: nn.Module, tokenizer, tables: Sequence[str], prefix: Tensor | Sequence[Tensor] | None = None,
            cfg: DecodeConfig | None = None, *, prefix_index: Sequence[int] | None = None, progress: bool = False,
-           banned_ids: Sequence[int] = ()) -> list[str]:
+           banned_ids: Sequence[int] = (), position: str = "prefix") -> list[str]:
     """One generated text per linearised table (see the module docstring for prefix forms and defaults).
 
     The prompt of a table is `prefix_tuning.data.encode_prompt` (the training sequence up to and including
     the separator EOS), so generation continues exactly where training put the reference.
+    position="infix": `prefix` holds infixes (§7.4), placed between each table and its separator.
     """
     cfg = cfg or DecodeConfig()
     prefixes = row_prefixes(prefix, prefix_index, len(tables))
     check_prefixes(model, prefixes)
     settings = search_settings(cfg, tokenizer, banned_ids=banned_ids)
     prompts = [encode_prompt(tokenizer, t) for t in tables]
+    if position == "infix":  # per-row prefixes [table activations; infix], prompts [separator]
+        prefixes, prompts = infix_prompts(model, prompts, prefixes)
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else settings.eos_id
     precision = resolve_precision(cfg.precision, next(model.parameters()).device)
     ids = decode_ids(model, prompts, prefixes, settings, pad_id=pad, batch_size=cfg.batch_size,

@@ -6,7 +6,10 @@
 from results.json alone (`report`), so they can be rebuilt without re-running anything.
 
 Experiments (Li & Liang 2021), one entry each in `EXPERIMENTS`:
-- table1:   prefix-tuning vs fine-tuning vs FT-top2 on E2E (Table 1 / ACL Table 2).
+- table1:   Table 1 / ACL Table 2's six E2E rows: fine-tuning, FT-top2, adapter 3% and 0.1% (Lin et al. 2020),
+            LoRA (Hu et al. 2021, its E2E recipe), prefix-tuning; stored values, MB and train s/step beside.
+- intrinsic: §7.3: embedding-only prefix (and infix) vs the full prefix at P in {1, 10, 20}.
+- init:     §7.2 / Figure 5: random vs real-word prefix initialisation at two low-data sizes.
 - ablation: prefix length {1, 5, 10, 20, 40} (Figure 4's grid; the paper's panels are DART and XSUM, ours is E2E).
 - lowdata:  train sizes {50, 100, 200, 500}, prefix (init "table-to-text:") vs fine-tuning (§7.1, appendix).
 - demo:     the README's main job: lowdata at 100 examples, one seed, on a real pretrained model, sized to
@@ -85,14 +88,50 @@ RunSpec = tuple[str, dict, dict]  # (run name, group: what varies, config sectio
 
 
 def _table1_runs(grid: Grid) -> list[RunSpec]:
+    """Table 1's six rows: FT, FT-top2, Adapter 3% and 0.1%, LoRA (the LoRA paper's E2E recipe), prefix."""
     data = {"train_size": 24 if grid.quick else grid.train_size}
-    train = lambda method: {"lr": 1e-3, "max_steps": 6} if grid.quick else {"lr": paper.E2E_LR[method]}
-    return [("prefix", {"method": "prefix"}, {"method": {"name": "prefix", "prefix_length": paper.E2E_PREFIX_LENGTH},
-                                              "train": train("prefix"), "data": data}),
-            ("finetune", {"method": "finetune"}, {"method": {"name": "finetune"}, "train": train("finetune"),
-                                                  "data": data}),
-            ("finetune-top2", {"method": "finetune-top2"}, {"method": {"name": "finetune-top", "top_k_layers": 2},
-                                                            "train": train("finetune"), "data": data})]
+    train = lambda lr, **extra: {"lr": 1e-3, "max_steps": 6} if grid.quick else {"lr": paper.E2E_LR[lr], **extra}
+    lora = paper.LORA_RECIPE
+    rows = [("prefix", {"name": "prefix", "prefix_length": paper.E2E_PREFIX_LENGTH}, train("prefix")),
+            ("finetune", {"name": "finetune"}, train("finetune")),
+            ("finetune-top2", {"name": "finetune-top", "top_k_layers": 2}, train("finetune")),
+            *[(row, {"name": "adapter", "adapter_bottleneck": None, "adapter_fraction": fraction}, train("adapter"))
+              for row, fraction in paper.ADAPTER_FRACTIONS.items()],
+            ("lora", {"name": "lora", "lora_rank": lora["rank"], "lora_alpha": lora["alpha"],
+                      "lora_dropout": lora["dropout"]},
+             train("lora", weight_decay=lora["weight_decay"], batch_size=lora["batch_size"],
+                   warmup_steps=lora["warmup_steps"]))]
+    return [(name, {"method": name}, {"method": method, "train": t, "data": data}) for name, method, t in rows]
+
+
+INTRINSIC_VARIANTS = {"prefix": {}, "embedding-only": {"embedding_only": True}, "infix": {"position": "infix"}}
+"""§7.3's variants of where the continuous tokens go, as method settings over the prefix."""
+
+
+def _intrinsic_runs(grid: Grid) -> list[RunSpec]:
+    """Embedding-only (and infix) vs the full prefix at P in {1, 10, 20} (§7.3), the E2E prefix recipe."""
+    train = {"lr": 1e-3, "max_steps": 6} if grid.quick else {"lr": paper.E2E_LR["prefix"]}
+    data = {"train_size": 24 if grid.quick else grid.train_size}
+    return [(f"{variant}-P{P}", {"method": variant, "prefix_length": P},
+             {"method": {"name": "prefix", "prefix_length": P, **settings}, "train": train, "data": data})
+            for P in ((2,) if grid.quick else paper.INTRINSIC_LENGTHS) for variant, settings in INTRINSIC_VARIANTS.items()]
+
+
+def _init_runs(grid: Grid) -> list[RunSpec]:
+    """§7.2 / Figure 5: random vs real-word initialisation of the prefix in the low-data setting (§7.1 recipe)."""
+    words = ("table-to-text:", "elephant") if grid.quick else paper.INIT_WORDS
+    runs = []
+    for size in (16,) if grid.quick else paper.INIT_SIZES:
+        for seed in grid.seeds[:1] if grid.quick else grid.seeds:
+            train = {"max_steps": 6 if grid.quick else paper.LOWDATA_STEPS["prefix"].get(size, 400),
+                     "lr": 1e-3 if grid.quick else paper.LOWDATA_LR, "seed": 101 + seed, "batch_size": 4 if grid.quick else 10}
+            for init in ("random", *words):
+                method = ({"name": "prefix", "init": "random", "prefix_length": paper.E2E_PREFIX_LENGTH} if init == "random"
+                          else {"name": "prefix", "init": "words", "init_text": init, "prefix_length": None})
+                runs.append((f"init-{init.rstrip(':')}-n{size}-s{seed}", {"method": "prefix", "init": init, "size": size,
+                                                                           "seed": seed},
+                             {"method": method, "data": {"train_size": size, "subset_seed": seed}, "train": train}))
+    return runs
 
 
 def _ablation_runs(grid: Grid) -> list[RunSpec]:
@@ -159,7 +198,9 @@ class Experiment:
 
 
 EXPERIMENTS = {e.name: e for e in [
-    Experiment("table1", _table1_runs, (rep.speed_and_storage, rep.paper_e2e), (rep.method_bars,)),
+    Experiment("table1", _table1_runs, (rep.table1_rows, rep.speed_and_storage, rep.paper_e2e), (rep.method_bars,)),
+    Experiment("intrinsic", _intrinsic_runs, (rep.intrinsic_rows,), (rep.intrinsic_plot,)),
+    Experiment("init", _init_runs, (rep.init_rows,), (rep.init_plot,)),
     Experiment("ablation", _ablation_runs, (), (rep.ablation_plot,)),
     Experiment("lowdata", _lowdata_runs, (rep.seed_means, rep.speed_and_storage), (rep.lowdata_plot,)),
     Experiment("demo", _demo_runs, (rep.seed_means, rep.speed_and_storage), (rep.method_bars,),
@@ -177,7 +218,7 @@ def experiment(name: str) -> Experiment:
 
 def plan(name: str, *, model: str | None = None, grid: Grid = Grid(), test_limit: int | None = None,
          precision: str = "auto", threads: int | None = None, overrides: list[str] = (),
-         runs_dir: Path = Path("runs")) -> Plan:
+         runs_dir: Path = Path("runs"), metrics: tuple[str, ...] | None = None) -> Plan:
     """The runs of an experiment (model: default the experiment's). `grid.quick` shrinks everything to a tiny
     model for smoke tests."""
     exp = experiment(name)
@@ -188,8 +229,9 @@ def plan(name: str, *, model: str | None = None, grid: Grid = Grid(), test_limit
         cfg.out_dir = str(runs_dir / name / run_name)
         runs.append(Run(run_name, cfg, group))
     default_limit = QUICK_TEST_LIMIT if grid.quick else exp.default_test_limit
-    return Plan(name, runs, test_limit if test_limit is not None else default_limit,
-                exp.quick_metrics if grid.quick else None)
+    if metrics is None:
+        metrics = exp.quick_metrics if grid.quick else None
+    return Plan(name, runs, test_limit if test_limit is not None else default_limit, metrics)
 
 
 def run_one(run: Run, test_limit: int | None, out_dir: Path, keep_checkpoints: bool = False,

@@ -130,7 +130,8 @@ def generate_runs(run_dirs: Sequence[str | Path], split: str = "test", *, out: s
         t0 = time.time()
         texts = decode(model, tokenizer, [tables[i] for i in mine], prefixes if with_prefix else None, d,
                        prefix_index=[index[i] for i in mine] if with_prefix else None,
-                       progress=progress and procs.is_main) if mine else []
+                       progress=progress and procs.is_main,
+                       position=group[0].cfg.method.position) if mine else []
         if procs.world > 1:
             texts = gather_object(texts)  # every process's outputs, in rank order: the rows in order
         seconds = time.time() - t0

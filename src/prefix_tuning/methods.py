@@ -5,6 +5,8 @@
 - `prefix` with `embedding_only` (§7.3): P trainable input embeddings (`PromptEmbedding`) before the tokens;
   the frozen model's keys/values of them are the prefix (`embedding_activations`), so training and decoding
   run exactly the prefix path. Stored: the (P, d) embeddings.
+- `prefix` with `position: infix` (§7.4): the same encoder, its activations placed before the separator
+  (`infix.py`); stored like a prefix, as `infix.safetensors`.
 - `finetune`: every weight trains; the whole model is stored (`model.safetensors`).
 - `finetune-top`: only the top `top_k_layers` transformer blocks train (embeddings, lower blocks, final
   norm and LM head stay frozen); the paper's FT-top2 baseline (Table 1). Stored: those blocks only.
@@ -22,6 +24,8 @@ from torch import Tensor, nn
 
 from .adapter import IS_ADAPTER, add_adapters, bottleneck_for_fraction, transformer_blocks
 from .config import MethodConfig, RunConfig
+from .data import eos_id_of
+from .infix import infix_logits
 from .lora import IS_LORA, add_lora
 from .models import KVShape
 from .prefix import PrefixEncoder, PromptEmbedding, activations_of, embedding_activations, prefix_inputs
@@ -37,6 +41,7 @@ class Method:
     model: nn.Module
     encoder: PrefixEncoder | PromptEmbedding | None  # prefix methods only
     stored: Select | None = None  # methods that keep part of the model: its state-dict keys
+    infix_sep: int | None = None  # infix runs: the separator token id, before which the activations go
 
     @property
     def embedding_only(self) -> bool:
@@ -82,6 +87,9 @@ class Method:
 
         The LM head over a 50k vocabulary is a large part of a prefix step; the table part of a sequence
         needs no logits, so training keeps only the positions from the first target on."""
+        if self.infix_sep is not None:
+            return infix_logits(self.model, self.prefix(), input_ids, attention_mask, self.infix_sep, dtype=dtype,
+                                logits_to_keep=logits_to_keep)
         if self.encoder is None:
             # no cache: nothing reuses it, and a block recomputed by gradient checkpointing would extend it twice
             kw = dict(input_ids=input_ids, attention_mask=attention_mask, use_cache=False)
@@ -122,7 +130,7 @@ def _prefix_method(cfg: MethodConfig, model: nn.Module, tokenizer, seed: int) ->
                         dropout=cfg.prefix_dropout).to(device)
     if init is not None:
         enc.init_from_activations(init, steps=cfg.init_steps)
-    return Method(cfg.name, model, enc)
+    return Method(cfg.name, model, enc, infix_sep=eos_id_of(tokenizer) if cfg.position == "infix" else None)
 
 
 def _added_modules(cfg: MethodConfig, model: nn.Module) -> Select:

@@ -9,7 +9,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from .metrics import METRICS
-from .paper import E2E_RESULTS
+from .paper import E2E_RESULTS, INTRINSIC_BLEU
 
 PERCENT = {"BLEU", "METEOR", "ROUGE_L"}  # shown x100, as papers print them
 
@@ -114,6 +114,54 @@ def paper_e2e(data: dict) -> list[str]:
     return lines
 
 
+def _paper_row(method: str) -> tuple[float, ...] | None:
+    """The paper's scores of a Table 1 row: the first source that reports it (arXiv Table 1 first)."""
+    return next((rows[method] for rows in E2E_RESULTS.values() if method in rows), None)
+
+
+def table1_rows(data: dict) -> list[str]:
+    """Table 1 side by side: our scores, the paper's (GPT-2 Medium, full E2E), stored values, MB, train s/step."""
+    lines = ["", "## Table 1: ours vs paper (BLEU/METEOR/ROUGE-L in %)", "",
+             "| method | " + " | ".join(f"{k} | paper" for k in METRICS) + " | stored values | MB | train s/step |",
+             "|---|" + "---|---|" * len(METRICS) + "---|---|---|"]
+    for r in data["runs"]:
+        paper = _paper_row(r["method"])
+        cells = [f"{_fmt(k, r['metrics'][k]) if k in r['metrics'] else '-'} | {paper[i] if paper else '-'}"
+                 for i, k in enumerate(METRICS)]
+        lines.append(f"| {r['method']} | " + " | ".join(cells) + f" | {r['stored_params']:,} | "
+                     f"{r['checkpoint_bytes'] / 1e6:.2f} | {r['train_seconds'] / max(r['steps'], 1):.2f} |")
+    return lines
+
+
+def intrinsic_rows(data: dict) -> list[str]:
+    """§7.3: BLEU per variant and P, ours beside the paper's."""
+    lines = ["", "## §7.3: where the continuous tokens go (BLEU %)", "", "| variant | P | BLEU | paper BLEU | stored values |",
+             "|---|---|---|---|---|"]
+    for r in sorted(data["runs"], key=lambda r: (r["method"], r["prefix_length"])):
+        paper = INTRINSIC_BLEU.get(r["method"], {}).get(r["prefix_length"], "-")
+        bleu = _fmt("BLEU", r["metrics"]["BLEU"]) if "BLEU" in r["metrics"] else "-"
+        lines.append(f"| {r['method']} | {r['prefix_length']} | {bleu} | {paper} | {r['stored_params']:,} |")
+    return lines + ["", "Paper (ACL Table 5, GPT-2 Medium, full E2E): prefix (P=5) 70.3 BLEU."]
+
+
+def init_rows(data: dict) -> list[str]:
+    """§7.2 / Figure 5: mean ± sd BLEU over seeds per initialisation and train size."""
+    groups: dict[tuple, list[float]] = defaultdict(list)
+    for r in data["runs"]:
+        if "BLEU" in r["metrics"]:
+            groups[(r["init"], r["size"])].append(r["metrics"]["BLEU"])
+    sizes = sorted({size for _, size in groups})
+    lines = ["", "## §7.2: prefix initialisation (BLEU %, mean ± sd over seeds)", "",
+             "| init | " + " | ".join(f"n={n}" for n in sizes) + " |", "|---|" + "---|" * len(sizes)]
+    for init in dict.fromkeys(i for i, _ in groups):
+        cells = []
+        for n in sizes:
+            mu, sd = _mean_sd(groups[(init, n)]) if groups.get((init, n)) else (None, 0.0)
+            cells.append("-" if mu is None else f"{100 * mu:.1f} ± {100 * sd:.1f}")
+        lines.append(f"| {init} | " + " | ".join(cells) + " |")
+    return lines
+
+
 # ------------------------------------------------------------------------------------------- plots
 
 def _pyplot():
@@ -173,7 +221,9 @@ def lowdata_plot(data: dict, out_dir: Path) -> Path:
 
 
 METHOD_STYLE = {"prefix": ("prefix-tuning", "tab:blue"), "finetune": ("fine-tuning", "tab:orange"),
-                "finetune-top2": ("FT-top2", "tab:green")}
+                "finetune-top2": ("FT-top2", "tab:green"), "adapter-3%": ("adapter 3%", "tab:red"),
+                "adapter-0.1%": ("adapter 0.1%", "tab:purple"), "lora": ("LoRA", "tab:brown"),
+                "embedding-only": ("embedding-only", "tab:gray"), "infix": ("infix", "tab:olive")}
 
 
 def _count(n: float) -> str:
@@ -210,6 +260,48 @@ def method_bars(data: dict, out_dir: Path) -> Path:
                  f"{cfg['data']['train_size'] or 'all'} training examples, {runs[0]['test_mrs']} test MRs"
                  + (f" (mean ± sd over {seeds} runs)" if seeds > 1 else ""))
     return _save(fig, out_dir / f"{data['experiment']}_metrics.png", rect=(0, 0.07, 1, 1))
+
+
+def intrinsic_plot(data: dict, out_dir: Path) -> Path:
+    """BLEU vs P per variant (solid: ours; dashed: the paper's, §7.3)."""
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(6, 4))
+    for variant in dict.fromkeys(r["method"] for r in data["runs"]):
+        rs = sorted((r for r in data["runs"] if r["method"] == variant and "BLEU" in r["metrics"]),
+                    key=lambda r: r["prefix_length"])
+        name, color = METHOD_STYLE.get(variant, (variant, None))
+        ax.plot([r["prefix_length"] for r in rs], [100 * r["metrics"]["BLEU"] for r in rs], "o-", color=color, label=name)
+        if variant in INTRINSIC_BLEU:
+            ps = sorted(INTRINSIC_BLEU[variant])
+            ax.plot(ps, [INTRINSIC_BLEU[variant][p] for p in ps], "x--", color=color, alpha=0.6, label=f"{name} (paper)")
+    ax.set_xlabel("P")
+    ax.set_ylabel("BLEU (%)")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    ax.set_title(f"§7.3 on E2E ({data['runs'][0]['config']['model']['name']})")
+    return _save(fig, out_dir / "intrinsic.png")
+
+
+def init_plot(data: dict, out_dir: Path) -> Path:
+    """BLEU per initialisation, one group of bars per train size (paper Figure 5); dots = seeds."""
+    plt = _pyplot()
+    runs = [r for r in data["runs"] if "BLEU" in r["metrics"]]
+    inits = list(dict.fromkeys(r["init"] for r in runs))
+    sizes = sorted({r["size"] for r in runs})
+    fig, ax = plt.subplots(figsize=(max(6, 1.2 * len(inits) * len(sizes)), 4))
+    width = 0.8 / len(sizes)
+    for j, n in enumerate(sizes):
+        xs = [i + (j - (len(sizes) - 1) / 2) * width for i in range(len(inits))]
+        vals = [[100 * r["metrics"]["BLEU"] for r in runs if r["init"] == init and r["size"] == n] for init in inits]
+        ax.bar(xs, [statistics.fmean(v) if v else float("nan") for v in vals], width, label=f"{n} examples")
+        for x, v in zip(xs, vals):
+            ax.scatter([x] * len(v), v, color="black", s=8, zorder=3)
+    ax.set_xticks(range(len(inits)), inits)
+    ax.set_ylabel("BLEU (%)")
+    ax.grid(axis="y", alpha=0.3)
+    ax.legend()
+    ax.set_title(f"Prefix initialisation, low-data E2E ({runs[0]['config']['model']['name']})")
+    return _save(fig, out_dir / "init.png")
 
 
 def _save(fig, path: Path, rect: tuple[float, float, float, float] = (0, 0, 1, 1)) -> Path:

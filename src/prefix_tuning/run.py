@@ -6,6 +6,7 @@
       checkpoints/last.safetensors  resumable training state (written and read by `train`)
       prefix.safetensors        the artifact of a prefix run: only the collapsed prefix (paper §4.3)
       prompt.safetensors        ... of an embedding-only run (§7.3): the (P, d) input embeddings
+      infix.safetensors         ... of an infix run (§7.4): its activations, in prefix.safetensors' format
       model.safetensors         ... of a fine-tuning run: the whole model
       top.safetensors           ... of FT-top2: its trained blocks (loaded over the base model)
       adapter.safetensors       ... of an adapter run: the adapters only
@@ -44,11 +45,13 @@ from .state import load_state, read_state, save_state, select_state
 ARTIFACTS = {"prefix": "prefix.safetensors", "finetune": "model.safetensors", "finetune-top": "top.safetensors",
              "adapter": ADAPTER_FILE, "lora": LORA_FILE}
 """The file each method keeps after training, in the run dir."""
-PROMPT_FILE = "prompt.safetensors"
+PROMPT_FILE, INFIX_FILE = "prompt.safetensors", "infix.safetensors"
 
 
 def artifact_name(cfg: MethodConfig) -> str:
-    return PROMPT_FILE if cfg.name == "prefix" and cfg.embedding_only else ARTIFACTS[cfg.name]
+    if cfg.name == "prefix" and (cfg.embedding_only or cfg.position == "infix"):
+        return PROMPT_FILE if cfg.embedding_only else INFIX_FILE
+    return ARTIFACTS[cfg.name]
 
 
 @dataclass(frozen=True)
@@ -139,7 +142,8 @@ class LoadedRun:
     cfg: RunConfig
     model: nn.Module
     tokenizer: object
-    prefix: Tensor | None  # (L, 2, KV, P, D) for prefix runs
+    prefix: Tensor | None  # (L, 2, KV, P, D) for prefix runs (embedding-only: its embeddings' activations;
+    # infix runs: the infix, to decode with `decode(..., position=cfg.method.position)`)
 
 
 def load_run(run_dir: str | Path, *, device: str | torch.device = "cpu") -> LoadedRun:
@@ -158,6 +162,10 @@ def load_run(run_dir: str | Path, *, device: str | torch.device = "cpu") -> Load
     elif not path.is_file():
         raise FileNotFoundError(f"{path} missing: training did not finish (resume with `prefix-tuning train "
                                 f"{run.config}`)")
+    elif cfg.method.position == "infix":  # decoded with `decode(..., position="infix")`
+        prefix, _ = load_prefix(path)
+        check_fits(prefix, KVShape.from_config(model.config), str(path))
+        prefix = prefix.to(device)
     elif cfg.method.name == "prefix":  # embedding-only
         emb = read_state(path)["embedding"]  # (P, d)
         if emb.dim() != 2 or emb.shape[1] != model.config.get_text_config().hidden_size:
@@ -202,7 +210,8 @@ def save_artifact(run: RunDir, method: Method, cfg: RunConfig) -> Path:
         save_state({"embedding": method.encoder.collapse()}, path, {**meta, "shape": "P,d", "embedding_only": "true"})
     elif method.encoder is not None:
         save_prefix(method.encoder.collapse(), path, base_model=cfg.model.name,
-                    extra={"method": cfg.method.name, "prefix_length": method.encoder.length})
+                    extra={"method": cfg.method.name, "prefix_length": method.encoder.length,
+                           "position": cfg.method.position})
     elif method.stored is not None:
         save_state(select_state(method.model, method.stored), path, meta)
     else:

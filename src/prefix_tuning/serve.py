@@ -135,8 +135,8 @@ def load_state(model: str, prefixes: list[str], *, device: str = "auto", precisi
     extra: list[str] = []
     run = RunDir(model)
     if run.config.is_file():  # a run dir: its base model with its trained part, or its prefix added
-        if read_config(run).method.embedding_only:
-            raise ValueError(f"{run.path}: embedding-only runs cannot be served yet; decode them with "
+        if read_config(run).method.embedding_only or read_config(run).method.position == "infix":
+            raise ValueError(f"{run.path}: embedding-only and infix runs cannot be served yet; decode them with "
                              "`prefix-tuning generate`")
         loaded = load_run(run.path)
         m, tok = loaded.model, loaded.tokenizer
