@@ -181,16 +181,33 @@ def test_batch_split_and_shards():
     assert [x for r in range(3) for x in shard(list(range(7)), 3, r)] == list(range(7))
 
 
+def _tree(pid: int) -> list[int]:
+    """`pid` and its descendants, deepest first (Linux /proc)."""
+    parent = {}
+    for d in Path("/proc").iterdir():
+        try:
+            parent[int(d.name)] = int((d / "stat").read_text().rsplit(")", 1)[1].split()[1])
+        except (ValueError, OSError):
+            continue
+    out, todo = [], [pid]
+    while todo:
+        p = todo.pop()
+        out.append(p)
+        todo += [c for c, pp in parent.items() if pp == p]
+    return out[::-1]
+
+
 @pytest.mark.slow
 def test_two_processes_killed_and_resumed_end_equal(tmp_path, data_dir):
     args = [*LAUNCH, "train.max_steps=60", "train.eval_steps=null"]
     _finish(_torchrun(2, "train", "defaults", *args, f"out_dir={tmp_path / 'full'}"))
     run = tmp_path / "killed"
-    p = _torchrun(2, "train", "defaults", *args, f"out_dir={run}", start_new_session=True)
+    p = _torchrun(2, "train", "defaults", *args, f"out_dir={run}")
     deadline = time.time() + 120
     while not (run / "checkpoints" / "last.safetensors").exists() and time.time() < deadline:
         time.sleep(0.05)
-    os.killpg(p.pid, signal.SIGKILL)  # torchrun and both workers
+    for pid in _tree(p.pid):  # both workers and torchrun (which starts its workers in sessions of their own)
+        os.kill(pid, signal.SIGKILL)
     p.communicate()
     assert load_checkpoint(run / "checkpoints" / "last.safetensors")["step"] < 60, "finished before the kill"
     _finish(_torchrun(2, "train", "defaults", *args, f"out_dir={run}"))
