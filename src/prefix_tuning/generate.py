@@ -137,7 +137,7 @@ def generate_runs(run_dirs: Sequence[str | Path], split: str = "test", *, out: s
         model, tokenizer, prefixes = _load_group(group, dev)
         d = group[0].decode_cfg
         # processes of one machine share its cores
-        threads = set_threads(d.num_threads or max(1, available_cores() // int(os.environ.get("LOCAL_WORLD_SIZE", 1))))
+        threads = set_threads(d.num_threads or max(1, available_cores() // int(os.environ.get("LOCAL_WORLD_SIZE", "1"))))
         precision = resolve_precision(d.precision, dev)
         d = dataclasses.replace(d, precision=precision)
         if dtype_of(precision) is not None:

@@ -159,7 +159,7 @@ def train(cfg: RunConfig, *, resume: bool = True, max_steps_this_call: int | Non
     check_split(cfg.train.batch_size, procs.world, cfg.train.grad_accum)
     main = procs.is_main
     # processes of one machine share its cores
-    threads = set_threads(cfg.train.num_threads or max(1, available_cores() // int(os.environ.get("LOCAL_WORLD_SIZE", 1))))
+    threads = set_threads(cfg.train.num_threads or max(1, available_cores() // int(os.environ.get("LOCAL_WORLD_SIZE", "1"))))
     precision = resolve_precision(cfg.train.precision, device)
     # config.yaml records what was used: `auto` resolved for this machine
     cfg = dataclasses.replace(cfg, train=dataclasses.replace(cfg.train, precision=precision))
