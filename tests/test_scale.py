@@ -228,3 +228,16 @@ def test_two_processes_decode_like_one(tmp_path, data_dir):
     assert out.count("two.txt") == 1  # only the main process reports
     one, two = (tmp_path / "one.txt").read_text().splitlines(), (tmp_path / "two.txt").read_text().splitlines()
     assert len(one) == 7 and one == two
+
+
+def test_group_by_length_resumes_exactly(tmp_path, data_dir):
+    from test_train import _cfg, _prefix
+
+    from prefix_tuning.train import train
+    opts = ["train.max_steps=6", "train.eval_every_epoch=false", "data.group_by_length=true"]
+    full = train(_cfg(tmp_path, *opts, name="full"))
+    part = _cfg(tmp_path, *opts, name="part")
+    assert train(part, max_steps_this_call=3).steps == 3  # "killed" after 3 steps
+    assert torch.equal(_prefix(full.run_dir), _prefix(train(part).run_dir))
+    plain = train(_cfg(tmp_path, "train.max_steps=6", "train.eval_every_epoch=false", name="plain"))
+    assert not torch.equal(_prefix(full.run_dir), _prefix(plain.run_dir))  # the grouping changed the batches
