@@ -136,8 +136,8 @@ def generate_runs(run_dirs: Sequence[str | Path], split: str = "test", *, out: s
     for group in groups.values():
         model, tokenizer, prefixes = _load_group(group, dev)
         d = group[0].decode_cfg
-        # processes of one machine share its cores
-        threads = set_threads(d.num_threads or max(1, available_cores() // int(os.environ.get("LOCAL_WORLD_SIZE", "1"))))
+        local = int(os.environ.get("LOCAL_WORLD_SIZE", "1"))  # processes on this machine share its cores
+        threads = set_threads(d.num_threads or (max(1, available_cores() // local) if local > 1 else None))
         precision = resolve_precision(d.precision, dev)
         d = dataclasses.replace(d, precision=precision)
         if dtype_of(precision) is not None:

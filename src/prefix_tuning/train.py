@@ -158,8 +158,8 @@ def train(cfg: RunConfig, *, resume: bool = True, max_steps_this_call: int | Non
         device = procs.accelerator.device  # this process's GPU (cuda:LOCAL_RANK), or the CPU
     check_split(cfg.train.batch_size, procs.world, cfg.train.grad_accum)
     main = procs.is_main
-    # processes of one machine share its cores
-    threads = set_threads(cfg.train.num_threads or max(1, available_cores() // int(os.environ.get("LOCAL_WORLD_SIZE", "1"))))
+    local = int(os.environ.get("LOCAL_WORLD_SIZE", "1"))  # processes on this machine share its cores
+    threads = set_threads(cfg.train.num_threads or (max(1, available_cores() // local) if local > 1 else None))
     precision = resolve_precision(cfg.train.precision, device)
     # config.yaml records what was used: `auto` resolved for this machine
     cfg = dataclasses.replace(cfg, train=dataclasses.replace(cfg.train, precision=precision))
