@@ -50,7 +50,7 @@ def cmd_train(args: argparse.Namespace) -> int:
         print(yaml.safe_dump(to_dict(cfg), sort_keys=False), end="")
         return 0
     res = train(cfg, resume=not args.no_resume)
-    if int(os.environ.get("RANK", 0)) != 0:  # under torchrun / accelerate launch: the main process reports
+    if int(os.environ.get("RANK", "0")) != 0:  # under torchrun / accelerate launch: the main process reports
         return 0
     print(f"run dir: {res.run_dir}\n  steps: {res.steps}  best dev loss: {res.best_dev_loss}\n"
           f"  train time: {res.train_seconds:.1f} s ({res.seconds_per_epoch:.1f} s/epoch)\n"
@@ -148,7 +148,7 @@ def cmd_generate(args: argparse.Namespace) -> int:
     except ValueError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
-    if int(os.environ.get("RANK", 0)) != 0:  # under torchrun / accelerate launch: the main process reports
+    if int(os.environ.get("RANK", "0")) != 0:  # under torchrun / accelerate launch: the main process reports
         return 0
     for f in files:
         line = str(f.outputs)

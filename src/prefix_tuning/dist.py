@@ -15,6 +15,7 @@ rows contributes zero gradients here). Every process applies the same update to 
 
 from __future__ import annotations
 
+import os
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import TypeVar
@@ -30,20 +31,20 @@ T = TypeVar("T")
 class Processes:
     """This process's place among the processes of a launch (one process when not launched)."""
 
-    accelerator: Accelerator
+    accelerator: Accelerator | None  # None: a lone process, not launched
 
     @property
     def world(self) -> int:
-        return self.accelerator.num_processes
+        return self.accelerator.num_processes if self.accelerator else 1
 
     @property
     def rank(self) -> int:
-        return self.accelerator.process_index
+        return self.accelerator.process_index if self.accelerator else 0
 
     @property
     def is_main(self) -> bool:
         """Only the main process writes files (logs, checkpoints, results) and shows a progress bar."""
-        return self.accelerator.is_main_process
+        return self.rank == 0
 
     def sum(self, *values: float) -> list[float]:
         """The sums over all processes of a few numbers (float64, so a sum of sums stays exact enough)."""
@@ -67,11 +68,16 @@ class Processes:
             at += p.numel()
 
     def wait(self) -> None:
-        self.accelerator.wait_for_everyone()
+        if self.accelerator:
+            self.accelerator.wait_for_everyone()
 
 
 def start(device: torch.device) -> Processes:
-    """Join the launch this process belongs to (gloo on CPU, NCCL on CUDA); a lone process needs no launch."""
+    """Join the launch this process belongs to (gloo on CPU, NCCL on CUDA). A lone process creates no
+    Accelerator: its state is process-wide, and a later call for another device (train on CUDA, then decode on
+    the CPU in the same Python process) could not change it."""
+    if int(os.environ.get("WORLD_SIZE", "1")) <= 1:
+        return Processes(None)
     return Processes(Accelerator(cpu=device.type == "cpu"))
 
 
