@@ -11,8 +11,8 @@ from prefix_tuning.beam import SearchSettings, search
 from prefix_tuning.config import DecodeConfig, load_config, save_config
 from prefix_tuning.data import encode_example, encode_prompt
 from prefix_tuning.decode import decode, ids_to_text
-from prefix_tuning.infix import infix_logits
 from prefix_tuning.generate import generate_runs
+from prefix_tuning.infix import infix_logits
 from prefix_tuning.methods import build_method, stored_numel
 from prefix_tuning.models import build_tiny, load_tokenizer
 from prefix_tuning.prefix import activations_of, embedding_activations, prefix_inputs

@@ -19,7 +19,7 @@ download: `spacy.blank("en")` is the bare tokenizer).
 from __future__ import annotations
 
 import functools
-from typing import Iterable
+from collections.abc import Iterable
 
 
 @functools.lru_cache(maxsize=1)

@@ -108,7 +108,7 @@ def build_tiny(name: str, seed: int = TINY_SEED, scale: float = 4.0) -> nn.Modul
     torch.manual_seed(seed)
     model = AutoModelForCausalLM.from_config(tiny_config(name), attn_implementation="eager")
     with torch.no_grad():
-        for n, p in model.named_parameters():
+        for p in model.parameters():
             if p.dim() >= 2:
                 p.mul_(scale)
     torch.random.set_rng_state(gen_state)
