@@ -56,7 +56,8 @@ def test_defaults_are_the_papers():
     assert d["method"] == {"name": "prefix", "prefix_length": 5, "reparam": True, "mlp_hidden": 512,
                            "prefix_dropout": 0.0, "init": "random", "init_text": "table-to-text:",
                            "init_steps": 500, "backbone_dropout": False, "top_k_layers": 2,
-                           "embedding_only": False, "adapter_bottleneck": None, "adapter_fraction": 0.03,
+                           "embedding_only": False, "position": "prefix", "adapter_bottleneck": None,
+                           "adapter_fraction": 0.03,
                            "lora_rank": 4, "lora_alpha": 32.0, "lora_dropout": 0.1}
     assert {k: d["train"][k] for k in ["lr", "epochs", "batch_size", "grad_accum", "warmup_steps",
                                        "weight_decay", "max_grad_norm", "seed", "loss", "precision"]} == {
@@ -97,6 +98,8 @@ def test_unknown_key_lists_valid_ones(tmp_path):
     ("method.adapter_fraction=1.5", "adapter_fraction"),
     ("method.adapter_bottleneck=0", "adapter_bottleneck"),
     ("method.embedding_only=true method.name=lora", "embedding_only"),
+    ("method.position=infix method.embedding_only=true", "position=infix"),
+    ("method.position=suffix", "not one of"),
     ("train.precision=int8", "not one of"),
     ("train.batch_size=20", None),
     ("train.grad_accum=3", "divisible"),
