@@ -20,6 +20,7 @@ from torch import Tensor, nn
 from transformers import DynamicCache
 
 from .prefix import cache_layers, prefix_inputs
+from .recompute import training_cache
 
 
 @torch.no_grad()
@@ -74,7 +75,9 @@ def infix_logits(model: nn.Module, infix: Tensor, input_ids: Tensor, attention_m
     for i, (s, n) in enumerate(zip(sep.tolist(), lengths.tolist())):
         y_ids[i, :n - s] = input_ids[i, s:n]
         y_mask[i, :n - s] = 1
-    logits = model(**prefix_inputs(prefixes, y_ids, y_mask, dtype=dtype)).logits  # (B, Y, V)
+    # training: a cache that a block recomputed by gradient checkpointing cannot extend twice
+    cache = training_cache() if torch.is_grad_enabled() else None
+    logits = model(**prefix_inputs(prefixes, y_ids, y_mask, dtype=dtype, cache=cache)).logits  # (B, Y, V)
     k = logits_to_keep or T
     j = (torch.arange(T - k, T, device=input_ids.device)[None] - sep[:, None]).clamp(0, Y - 1)  # (B, k)
     return logits.gather(1, j[..., None].expand(-1, -1, logits.shape[-1]))  # (B, k, V)
