@@ -80,8 +80,9 @@ def precisions_to_run(spec: str | None) -> tuple[list[str], list[str]]:
     if spec is None:
         if resolve_precision("auto", cpu) == "bf16":
             return ["fp32", "bf16"], []
-        return ["fp32"], [("bf16 skipped: this CPU has no native bf16, torch emulates it (--precision fp32,bf16 "
-                           "forces it)")]
+        return ["fp32"], [
+            ("bf16 skipped: this CPU has no native bf16, torch emulates it (--precision fp32,bf16 forces it)")
+        ]
     precisions = [x.strip() for x in spec.split(",") if x.strip()]
     bad = [x for x in precisions if x not in ("fp32", "bf16")]
     if bad:
@@ -99,25 +100,34 @@ def left_pad(prompts: list[list[int]], pad: int, prefix_len: int = 0):
     mask = torch.zeros(B, prefix_len + T, dtype=torch.long)
     mask[:, :prefix_len] = 1
     for i, p in enumerate(prompts):
-        ids[i, T - len(p):] = torch.tensor(p)
-        mask[i, prefix_len + T - len(p):] = 1
+        ids[i, T - len(p) :] = torch.tensor(p)
+        mask[i, prefix_len + T - len(p) :] = 1
     return ids, mask
 
 
 def hf_ids(out: torch.Tensor, T: int, eos: int) -> list[list[int]]:
     rows = out[:, T:].tolist()
-    return [r[:r.index(eos)] if eos in r else r for r in rows]
+    return [r[: r.index(eos)] if eos in r else r for r in rows]
 
 
 def run_hf(model, prompts, s: SearchSettings, pad: int, cache=None, prefix_len: int = 0) -> list[list[int]]:
     ids, mask = left_pad(prompts, pad, prefix_len)
     kw = dict(cache=cache) if cache is not None else {}
     with torch.no_grad():
-        out = model.generate(input_ids=ids, attention_mask=mask, num_beams=s.beam_size, do_sample=False,
-                             max_new_tokens=s.max_new_tokens, min_new_tokens=s.min_new_tokens,
-                             length_penalty=s.length_penalty, early_stopping=s.early_stopping,
-                             bad_words_ids=[[t] for t in s.banned_ids], eos_token_id=s.eos_id, pad_token_id=pad,
-                             **kw)
+        out = model.generate(
+            input_ids=ids,
+            attention_mask=mask,
+            num_beams=s.beam_size,
+            do_sample=False,
+            max_new_tokens=s.max_new_tokens,
+            min_new_tokens=s.min_new_tokens,
+            length_penalty=s.length_penalty,
+            early_stopping=s.early_stopping,
+            bad_words_ids=[[t] for t in s.banned_ids],
+            eos_token_id=s.eos_id,
+            pad_token_id=pad,
+            **kw,
+        )
     return hf_ids(out, ids.shape[1], s.eos_id)
 
 
@@ -126,16 +136,23 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--n", type=int, default=20, help="unique E2E test MRs decoded, one batch (default 20)")
     ap.add_argument("--beam-size", type=int, default=5, help="beam width (default 5, Li & Liang)")
     ap.add_argument("--max-new-tokens", type=int, default=60, help="new tokens (default 60; paper 100)")
-    ap.add_argument("--precision", default=None, help="comma list of fp32, bf16 (default: fp32, and bf16 where "
-                    "the CPU computes it natively)")
+    ap.add_argument(
+        "--precision",
+        default=None,
+        help="comma list of fp32, bf16 (default: fp32, and bf16 where the CPU computes it natively)",
+    )
     ap.add_argument("--methods", default="ours,peft,plain", help="comma list (default ours,peft,plain)")
     ap.add_argument("--rounds", type=int, default=1, help="repeat the sweep, keep the best time (default 1)")
     ap.add_argument("--threads", type=int, default=1, help="torch CPU threads (default 1)")
     ap.add_argument("--seed", type=int, default=0, help="seed of the random model and prefix (default 0)")
     ap.add_argument("--data-dir", default=os.environ.get("PREFIX_TUNING_DATA") or str(REPO.parent / "shared" / "data"))
-    ap.add_argument("--eos-bias", type=float, default=0.0,
-                    help="add this to the EOS logit (a hook on the LM head, seen by every method) so that "
-                         "hypotheses end at varied lengths like a trained model's; default 0: they never end")
+    ap.add_argument(
+        "--eos-bias",
+        type=float,
+        default=0.0,
+        help="add this to the EOS logit (a hook on the LM head, seen by every method) so that "
+        "hypotheses end at varied lengths like a trained model's; default 0: they never end",
+    )
     ap.add_argument("--no-bug-check", action="store_true", help="skip the PEFT generate() bug line")
     args = ap.parse_args(argv)
     print(f"# {describe_cpu()}", flush=True)
@@ -147,21 +164,27 @@ def main(argv: list[str] | None = None) -> int:
 
     tok = GPT2TokenizerFast.from_pretrained(str(Path(args.data_dir) / "gpt2-tokenizer"))
     eos = tok.eos_token_id
-    tables = [g.table for g in group_by_mr(load_e2e("test", data_dir=args.data_dir))[:args.n]]
+    tables = [g.table for g in group_by_mr(load_e2e("test", data_dir=args.data_dir))[: args.n]]
     prompts = [encode_prompt(tok, t) for t in tables]
-    s = SearchSettings.from_config(DecodeConfig(beam_size=args.beam_size, max_new_tokens=args.max_new_tokens),
-                                   eos_id=eos, banned_ids=newline_token_ids(tok))
+    s = SearchSettings.from_config(
+        DecodeConfig(beam_size=args.beam_size, max_new_tokens=args.max_new_tokens),
+        eos_id=eos,
+        banned_ids=newline_token_ids(tok),
+    )
     B, K = len(prompts), args.beam_size
     methods = args.methods.split(",")
-    print(f"# {platform.processor() or platform.machine()}, torch {torch.__version__}, {args.threads} thread(s); "
-          f"{B} MRs (prompts {min(map(len, prompts))}-{max(map(len, prompts))} tokens), beam {K}, "
-          f"{args.max_new_tokens} new tokens, prefix P={P}, GPT2Config() random weights seed {args.seed}")
+    print(
+        f"# {platform.processor() or platform.machine()}, torch {torch.__version__}, {args.threads} thread(s); "
+        f"{B} MRs (prompts {min(map(len, prompts))}-{max(map(len, prompts))} tokens), beam {K}, "
+        f"{args.max_new_tokens} new tokens, prefix P={P}, GPT2Config() random weights seed {args.seed}"
+    )
     times: dict[tuple[str, str], float] = {}
     outs: dict[tuple[str, str], list[list[int]]] = {}
     bug_line = None
     for precision in precisions:
         base, peft_model, prefix = build(args.seed, precision)
         if args.eos_bias:
+
             def bias_eos(module, inputs, out, b=args.eos_bias):
                 out[..., eos] += b
                 return out
@@ -188,19 +211,30 @@ def main(argv: list[str] | None = None) -> int:
             k = min(4, B)
             ids, mask = left_pad(prompts[:k], eos)
             with torch.no_grad():
-                out = peft_model.generate(input_ids=ids, attention_mask=mask, num_beams=K, do_sample=False,
-                                          max_new_tokens=s.max_new_tokens, min_new_tokens=s.min_new_tokens,
-                                          bad_words_ids=[[t] for t in s.banned_ids], eos_token_id=eos,
-                                          pad_token_id=eos)
+                out = peft_model.generate(
+                    input_ids=ids,
+                    attention_mask=mask,
+                    num_beams=K,
+                    do_sample=False,
+                    max_new_tokens=s.max_new_tokens,
+                    min_new_tokens=s.min_new_tokens,
+                    bad_words_ids=[[t] for t in s.banned_ids],
+                    eos_token_id=eos,
+                    pad_token_id=eos,
+                )
             buggy = hf_ids(out, ids.shape[1], eos)
             differ = sum(a != b for a, b in zip(buggy, outs["peft", "fp32"][:k]))
-            bug_line = (f"PEFT's own generate() vs the correct (explicit-prompt) decode, first {k} MRs, fp32: "
-                        f"{differ}/{k} outputs differ (it ignores the prefix)")
+            bug_line = (
+                f"PEFT's own generate() vs the correct (explicit-prompt) decode, first {k} MRs, fp32: "
+                f"{differ}/{k} outputs differ (it ignores the prefix)"
+            )
         del base, peft_model
 
     lens = [len(g) for g in next(iter(outs.values()))]
-    print(f"\n# generated tokens per output: mean {sum(lens) / len(lens):.1f}, min {min(lens)}, max {max(lens)}"
-          f" (eos bias {args.eos_bias})")
+    print(
+        f"\n# generated tokens per output: mean {sum(lens) / len(lens):.1f}, min {min(lens)}, max {max(lens)}"
+        f" (eos bias {args.eos_bias})"
+    )
     print("\n| method | precision | seconds | s/MR | vs PEFT | outputs == PEFT |")
     print("|---|---|---|---|---|---|")
     for precision in precisions:
@@ -216,9 +250,16 @@ def main(argv: list[str] | None = None) -> int:
             print(f"| {m} | {precision} | {t:.1f} | {t / B:.2f} | {ratio} | {same} |")
     if bug_line:
         print("\n" + bug_line)
-    print("\ncommand: python " + " ".join(shlex.quote(a) for a in [str(Path(__file__).relative_to(REPO))
-                                                                   if Path(__file__).is_relative_to(REPO)
-                                                                   else __file__, *(argv or sys.argv[1:])]))
+    print(
+        "\ncommand: python "
+        + " ".join(
+            shlex.quote(a)
+            for a in [
+                str(Path(__file__).relative_to(REPO)) if Path(__file__).is_relative_to(REPO) else __file__,
+                *(argv or sys.argv[1:]),
+            ]
+        )
+    )
     return 0
 
 

@@ -118,16 +118,12 @@ def default_scores(refs: list[list[str]], hyps: list[str]) -> list[tuple[str, st
     ref_tok = [[r.lower().split() for r in group] for group in refs]
     hyp_tok = [h.lower().split() for h in hyps]
     rows.append(("BLEU", "nltk corpus_bleu, lowercased whitespace tokens", corpus_bleu(ref_tok, hyp_tok)))
-    rows.append(
-        ("NIST", "nltk corpus_nist, lowercased whitespace tokens", corpus_nist(ref_tok, hyp_tok, n=5))
-    )
+    rows.append(("NIST", "nltk corpus_nist, lowercased whitespace tokens", corpus_nist(ref_tok, hyp_tok, n=5)))
     return rows
 
 
 def main() -> int:
-    parser = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--repeat", type=int, default=1, help="runs per measurement (median is shown)")
     parser.add_argument("--official-coco", action="store_true", help="also time pycocoevalcap's own path")
     parser.add_argument("--skip-meteor", action="store_true", help="leave out everything that runs METEOR")

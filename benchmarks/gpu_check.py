@@ -32,13 +32,28 @@ from prefix_tuning.recompute import enable_checkpointing
 from prefix_tuning.train import batch_loss
 
 SHAPES = {  # name: (config, smoke config)
-    "gpt2-medium-shaped": (GPT2Config(n_layer=24, n_embd=1024, n_head=16),
-                           GPT2Config(n_layer=2, n_embd=32, n_head=4)),
-    "smollm2-135m-shaped": (LlamaConfig(vocab_size=50257, hidden_size=576, intermediate_size=1536,
-                                        num_hidden_layers=30, num_attention_heads=9, num_key_value_heads=3,
-                                        max_position_embeddings=2048, tie_word_embeddings=True),
-                            LlamaConfig(vocab_size=50257, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
-                                        num_attention_heads=4, num_key_value_heads=2, tie_word_embeddings=True)),
+    "gpt2-medium-shaped": (GPT2Config(n_layer=24, n_embd=1024, n_head=16), GPT2Config(n_layer=2, n_embd=32, n_head=4)),
+    "smollm2-135m-shaped": (
+        LlamaConfig(
+            vocab_size=50257,
+            hidden_size=576,
+            intermediate_size=1536,
+            num_hidden_layers=30,
+            num_attention_heads=9,
+            num_key_value_heads=3,
+            max_position_embeddings=2048,
+            tie_word_embeddings=True,
+        ),
+        LlamaConfig(
+            vocab_size=50257,
+            hidden_size=32,
+            intermediate_size=64,
+            num_hidden_layers=2,
+            num_attention_heads=4,
+            num_key_value_heads=2,
+            tie_word_embeddings=True,
+        ),
+    ),
 }
 
 
@@ -86,8 +101,10 @@ def train_speed(name: str, config, method: str, checkpointing: bool, a: argparse
     mfu = f"{100 * tflops / a.peak_tflops:5.1f}%" if a.device.startswith("cuda") else "  n/a"
     mem = f"{torch.cuda.max_memory_allocated() / 2**30:6.2f} GiB" if a.device.startswith("cuda") else "       n/a"
     del model, m, opt
-    return (f"{name:20s} {method:8s} ckpt={'yes' if checkpointing else 'no ':3s} {tokens / step:10.0f} tok/s  "
-            f"{step * 1000:8.1f} ms/step  {tflops:7.2f} TFLOP/s  MFU {mfu}  peak {mem}")
+    return (
+        f"{name:20s} {method:8s} ckpt={'yes' if checkpointing else 'no ':3s} {tokens / step:10.0f} tok/s  "
+        f"{step * 1000:8.1f} ms/step  {tflops:7.2f} TFLOP/s  MFU {mfu}  peak {mem}"
+    )
 
 
 def tables(n: int) -> list[str]:
@@ -114,9 +131,12 @@ def main() -> None:
     if a.cpu_smoke:
         a.device, a.warmup, a.steps, a.decode_mrs, a.max_new_tokens, a.length = "cpu", 1, 2, 4, 8, 32
     smoke = a.cpu_smoke
-    print(f"torch {torch.__version__}, device {a.device}"
-          + (f" ({torch.cuda.get_device_name(a.device)})" if a.device.startswith("cuda") else "")
-          + (", CPU SMOKE MODE: tiny shapes, numbers meaningless" if smoke else ""), flush=True)
+    print(
+        f"torch {torch.__version__}, device {a.device}"
+        + (f" ({torch.cuda.get_device_name(a.device)})" if a.device.startswith("cuda") else "")
+        + (", CPU SMOKE MODE: tiny shapes, numbers meaningless" if smoke else ""),
+        flush=True,
+    )
 
     print("\n== training speed (bf16 autocast on GPU, fp32 on CPU; median step)", flush=True)
     for name, (config, tiny) in SHAPES.items():
@@ -145,8 +165,15 @@ def main() -> None:
     cpu = decode_rows(build(config, "cpu"), tokenizer, mrs, prefix, 1, a.max_new_tokens)
     other = decode_rows(model, tokenizer, mrs, prefix.to(a.device), 1, a.max_new_tokens)
     same = sum(x == y for x, y in zip(cpu, other))
-    print(f"identical: {same}/{len(mrs)}" + ("" if same == len(mrs) else
-          f"; first difference at MR {next(i for i, (x, y) in enumerate(zip(cpu, other)) if x != y)}"), flush=True)
+    print(
+        f"identical: {same}/{len(mrs)}"
+        + (
+            ""
+            if same == len(mrs)
+            else f"; first difference at MR {next(i for i, (x, y) in enumerate(zip(cpu, other)) if x != y)}"
+        ),
+        flush=True,
+    )
 
 
 if __name__ == "__main__":

@@ -48,8 +48,11 @@ def make_prefixes(root: Path, model_name: str, m: int) -> list[str]:
         P = 5 + k % 8
         (root / f"p{k}").mkdir(parents=True)
         g = torch.Generator().manual_seed(k)
-        save_prefix(torch.randn(shape.n_layers, 2, shape.n_kv_heads, P, shape.head_dim, generator=g),
-                    RunDir(root / f"p{k}").prefix, base_model=model_name)
+        save_prefix(
+            torch.randn(shape.n_layers, 2, shape.n_kv_heads, P, shape.head_dim, generator=g),
+            RunDir(root / f"p{k}").prefix,
+            base_model=model_name,
+        )
         names.append(f"p{k}")
     return names
 
@@ -83,8 +86,16 @@ async def run_mode(url: str, plan: list[list[tuple[str, str]]], max_tokens: int,
             if time.monotonic() > deadline:
                 return
             t0 = time.perf_counter()
-            r = await http.post(url + "/v1/completions", json={"model": model, "prompt": table, "temperature": 0,
-                                                                "max_tokens": max_tokens, "min_tokens": max_tokens})
+            r = await http.post(
+                url + "/v1/completions",
+                json={
+                    "model": model,
+                    "prompt": table,
+                    "temperature": 0,
+                    "max_tokens": max_tokens,
+                    "min_tokens": max_tokens,
+                },
+            )
             r.raise_for_status()
             latencies.append(time.perf_counter() - t0)
             tokens += r.json()["usage"]["completion_tokens"]
@@ -99,8 +110,14 @@ async def run_mode(url: str, plan: list[list[tuple[str, str]]], max_tokens: int,
     def pct(q: float) -> float:
         return latencies[min(len(latencies) - 1, int(q * len(latencies)))] if latencies else float("nan")
 
-    return {"requests": len(latencies), "tokens": tokens, "seconds": seconds, "tokens_per_s": tokens / seconds,
-            "p50_s": pct(0.50), "p95_s": pct(0.95)}
+    return {
+        "requests": len(latencies),
+        "tokens": tokens,
+        "seconds": seconds,
+        "tokens_per_s": tokens / seconds,
+        "p50_s": pct(0.50),
+        "p95_s": pct(0.95),
+    }
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -121,8 +138,15 @@ def main(argv: list[str] | None = None) -> int:
     tables = [g.table for g in group_by_mr(load_e2e("test"))]
     with tempfile.TemporaryDirectory() as tmp:
         names = make_prefixes(Path(tmp), args.model, m)
-        state = load_state(args.model, [tmp], device=args.device, precision=args.precision, threads=args.threads,
-                           max_batch=max(64, n), max_waiting=max(256, n * r))
+        state = load_state(
+            args.model,
+            [tmp],
+            device=args.device,
+            precision=args.precision,
+            threads=args.threads,
+            max_batch=max(64, n),
+            max_waiting=max(256, n * r),
+        )
     server, thread, url = start_server(state)
 
     def plan(prefix_of) -> list[list[tuple[str, str]]]:
@@ -150,13 +174,17 @@ def main(argv: list[str] | None = None) -> int:
         thread.join(timeout=60)
 
     seq = results["(c) sequential requests"]["tokens_per_s"]
-    print(f"\nmodel {args.model}, N={n} clients, M={m} prefixes (P 5-12), R={r} requests/client, T={args.max_tokens} "
-          f"tokens/request, {args.precision}, {torch.get_num_threads()} threads; {describe_cpu()}\n")
+    print(
+        f"\nmodel {args.model}, N={n} clients, M={m} prefixes (P 5-12), R={r} requests/client, T={args.max_tokens} "
+        f"tokens/request, {args.precision}, {torch.get_num_threads()} threads; {describe_cpu()}\n"
+    )
     print("| mode | requests | tokens/s | p50 latency s | p95 latency s | peak batch | tokens/s vs sequential |")
     print("|---|---|---|---|---|---|---|")
     for label, res in results.items():
-        print(f"| {label} | {res['requests']} | {res['tokens_per_s']:.1f} | {res['p50_s']:.3f} | {res['p95_s']:.3f} "
-              f"| {res['peak_batch']} | {res['tokens_per_s'] / seq:.2f}x |")
+        print(
+            f"| {label} | {res['requests']} | {res['tokens_per_s']:.1f} | {res['p50_s']:.3f} | {res['p95_s']:.3f} "
+            f"| {res['peak_batch']} | {res['tokens_per_s'] / seq:.2f}x |"
+        )
     if args.json:
         Path(args.json).write_text(json.dumps({"args": vars(args), "results": results}, indent=2) + "\n")
     return 0

@@ -92,8 +92,9 @@ def setup(method: str, model, seed: int):
         from peft import PrefixTuningConfig, TaskType, get_peft_model
 
         torch.manual_seed(seed)  # same seed and parameter creation order as ours: the very same prefix
-        cfg = PrefixTuningConfig(task_type=TaskType.CAUSAL_LM, num_virtual_tokens=5, prefix_projection=True,
-                                 encoder_hidden_size=512)
+        cfg = PrefixTuningConfig(
+            task_type=TaskType.CAUSAL_LM, num_virtual_tokens=5, prefix_projection=True, encoder_hidden_size=512
+        )
         pm = get_peft_model(model, cfg)
         pm.train()
         pm.get_base_model().eval()  # backbone dropout off, as for ours
@@ -155,21 +156,47 @@ def worker(a: argparse.Namespace) -> dict:
         times.append(time.perf_counter() - t0)
         cpu.append(time.process_time() - c0)
     peak = torch.cuda.max_memory_allocated(dev) / 2**20 if cuda else peak_rss_mb()
-    return {"times": times, "cpu": cpu, "mem_delta": peak - base, "mem_peak": peak, "loss": first_loss,
-            "trainable": sum(p.numel() for p in params)}
+    return {
+        "times": times,
+        "cpu": cpu,
+        "mem_delta": peak - base,
+        "mem_peak": peak,
+        "loss": first_loss,
+        "trainable": sum(p.numel() for p in params),
+    }
 
 
 def run_worker(method: str, precision: str, a: argparse.Namespace) -> dict:
-    cmd = [sys.executable, os.path.abspath(__file__), "--worker-method", method, "--worker-precision", precision,
-           "--steps", str(a.steps), "--warmup", str(a.warmup), "--threads", str(a.threads), "--device", a.device,
-           "--batch", str(a.batch), "--length", str(a.length), "--seed", str(a.seed)]
-    env = dict(os.environ, OMP_NUM_THREADS=str(a.threads), MKL_NUM_THREADS=str(a.threads),
-               TOKENIZERS_PARALLELISM="false")
+    cmd = [
+        sys.executable,
+        os.path.abspath(__file__),
+        "--worker-method",
+        method,
+        "--worker-precision",
+        precision,
+        "--steps",
+        str(a.steps),
+        "--warmup",
+        str(a.warmup),
+        "--threads",
+        str(a.threads),
+        "--device",
+        a.device,
+        "--batch",
+        str(a.batch),
+        "--length",
+        str(a.length),
+        "--seed",
+        str(a.seed),
+    ]
+    env = dict(
+        os.environ, OMP_NUM_THREADS=str(a.threads), MKL_NUM_THREADS=str(a.threads), TOKENIZERS_PARALLELISM="false"
+    )
     out = subprocess.run(cmd, check=False, env=env, capture_output=True, text=True)
     lines = [ln for ln in out.stdout.splitlines() if ln.startswith("RESULT ")]
     if out.returncode or not lines:
         sys.exit(f"worker {method}/{precision} failed (rc {out.returncode}):\n{out.stderr[-3000:]}")
-    return json.loads(lines[-1][len("RESULT "):])
+    return json.loads(lines[-1][len("RESULT ") :])
 
 
 def default_precisions(device: str) -> tuple[list[str], str | None]:
@@ -202,9 +229,11 @@ def versions() -> str:
     import torch
     import transformers
 
-    return (f"torch {torch.__version__}, transformers {transformers.__version__}, peft {peft.__version__}, "
-            f"python {platform.python_version()}, {platform.machine()}, {os.cpu_count()} CPUs, "
-            f"torch CPU capability {torch.backends.cpu.get_cpu_capability()}")
+    return (
+        f"torch {torch.__version__}, transformers {transformers.__version__}, peft {peft.__version__}, "
+        f"python {platform.python_version()}, {platform.machine()}, {os.cpu_count()} CPUs, "
+        f"torch CPU capability {torch.backends.cpu.get_cpu_capability()}"
+    )
 
 
 def main() -> None:
@@ -213,9 +242,13 @@ def main() -> None:
     p.add_argument("--warmup", type=int, default=2, help="untimed steps first (>= 1)")
     p.add_argument("--rounds", type=int, default=2, help="repeat the interleaved sweep (step times pooled)")
     p.add_argument("--threads", type=int, default=1, help="torch threads (under load 1 can beat 2)")
-    p.add_argument("--precision", default=None, help="comma list of fp32, bf16, fp16 (default: fp32 and the "
-                   "device's native low precision: bf16 on CPUs with AVX512-BF16/AMX and CUDA with bf16, fp16 on "
-                   "CUDA without; fp32 only on a CPU that emulates bf16)")
+    p.add_argument(
+        "--precision",
+        default=None,
+        help="comma list of fp32, bf16, fp16 (default: fp32 and the "
+        "device's native low precision: bf16 on CPUs with AVX512-BF16/AMX and CUDA with bf16, fp16 on "
+        "CUDA without; fp32 only on a CPU that emulates bf16)",
+    )
     p.add_argument("--methods", default=",".join(METHODS), help="comma list of " + ", ".join(METHODS))
     p.add_argument("--device", default="cpu", help="cpu, cuda, cuda:1, ...")
     p.add_argument("--batch", type=int, default=10)
@@ -246,19 +279,25 @@ def main() -> None:
     print(versions())
     for line in ([note] if note else []) + check_precisions(precisions, a.device):
         print(line)
-    print(f"device {a.device}, {a.threads} thread(s), batch {a.batch}x{a.length}, warmup {a.warmup}, "
-          f"steps {a.steps}, rounds {a.rounds}; load average at start {os.getloadavg()[0]:.2f}\n", flush=True)
+    print(
+        f"device {a.device}, {a.threads} thread(s), batch {a.batch}x{a.length}, warmup {a.warmup}, "
+        f"steps {a.steps}, rounds {a.rounds}; load average at start {os.getloadavg()[0]:.2f}\n",
+        flush=True,
+    )
 
     res: dict[tuple[str, str], list[dict]] = {}
     t_start = time.time()
     for r in range(a.rounds):
         for prec in precisions:
-            order = methods[r % len(methods):] + methods[: r % len(methods)]  # rotate: no fixed position bias
+            order = methods[r % len(methods) :] + methods[: r % len(methods)]  # rotate: no fixed position bias
             for m in order:
                 out = run_worker(m, prec, a)
                 res.setdefault((m, prec), []).append(out)
-                print(f"  round {r + 1} {m:8s} {prec}: median {statistics.median(out['times']):.3f} s/step, "
-                      f"+{out['mem_delta']:.0f} MB, first loss {out['loss']:.4f}", flush=True)
+                print(
+                    f"  round {r + 1} {m:8s} {prec}: median {statistics.median(out['times']):.3f} s/step, "
+                    f"+{out['mem_delta']:.0f} MB, first loss {out['loss']:.4f}",
+                    flush=True,
+                )
 
     def med(m, prec, key="times"):
         return statistics.median(t for o in res[(m, prec)] for t in o[key])
@@ -274,8 +313,10 @@ def main() -> None:
 
     mem_label = "peak alloc" if cuda else "peak RSS"
     print(f"\nload average at end {os.getloadavg()[0]:.2f}; sweep took {time.time() - t_start:.0f} s\n")
-    print(f"| method | precision | s/step median | s/step min | CPU s/step median | {mem_label} delta MB "
-          f"| {mem_label} MB | trainable params | step time / ours | memory / ours | first-step loss |")
+    print(
+        f"| method | precision | s/step median | s/step min | CPU s/step median | {mem_label} delta MB "
+        f"| {mem_label} MB | trainable params | step time / ours | memory / ours | first-step loss |"
+    )
     print("|---|---|---|---|---|---|---|---|---|---|---|")
     for prec in precisions:
         for m in methods:
@@ -286,8 +327,10 @@ def main() -> None:
             if "ours" in methods:
                 rt = f"{ratio(med, m, 'ours', prec):.2f}"
                 rm = f"{delta / max(o['mem_delta'] for o in res[('ours', prec)]):.2f}"
-            print(f"| {m} | {prec} | {med(m, prec):.3f} | {fastest(m, prec):.3f} | {cpu_med(m, prec):.3f} "
-                  f"| {delta:.0f} | {peak:.0f} | {outs[0]['trainable']:,} | {rt} | {rm} | {outs[0]['loss']:.4f} |")
+            print(
+                f"| {m} | {prec} | {med(m, prec):.3f} | {fastest(m, prec):.3f} | {cpu_med(m, prec):.3f} "
+                f"| {delta:.0f} | {peak:.0f} | {outs[0]['trainable']:,} | {rt} | {rm} | {outs[0]['loss']:.4f} |"
+            )
     print("\nratios of wall-clock median (min; CPU-time median -- CPU time is less sensitive to other load):")
     for prec in precisions:
         for m1, m2, note in (("finetune", "ours", "paper: ~1.5x"), ("ours", "peft", "issue: must be <= 1")):
@@ -297,6 +340,7 @@ def main() -> None:
         if "ours" in methods and "peft" in methods:
             d = abs(res[("ours", prec)][0]["loss"] - res[("peft", prec)][0]["loss"])
             print(f"{prec}: first-step loss |ours - PEFT| = {d:.2g} (same seed, same init order: same prefix)")
+
 
 if __name__ == "__main__":
     main()

@@ -43,14 +43,31 @@ from prefix_tuning.config import load_config
 from prefix_tuning.prefix import load_prefix
 
 # configs/tiny_prefix.yaml cut to 8 steps (checkpoints at 3, 6, 8; dev loss and prefix.safetensors at 4, 8)
-TRAIN = ["train", str(REPO / "configs" / "tiny_prefix.yaml"), "train.precision=fp32", "train.num_threads=1",
-         "data.train_size=16", "data.dev_size=4", "data.max_length=64", "method.mlp_hidden=16",
-         "train.batch_size=4", "train.save_every=3"]
+TRAIN = [
+    "train",
+    str(REPO / "configs" / "tiny_prefix.yaml"),
+    "train.precision=fp32",
+    "train.num_threads=1",
+    "data.train_size=16",
+    "data.dev_size=4",
+    "data.max_length=64",
+    "method.mlp_hidden=16",
+    "train.batch_size=4",
+    "train.save_every=3",
+]
 FILES = ("config.yaml", "prefix.safetensors", "last.safetensors")
 # write windows, most telling first; a run of many kills cycles through all of them
-WINDOWS = [("last.safetensors", "mid"), ("prefix.safetensors", "after"), ("config.yaml", "before"),
-           ("last.safetensors", "after"), ("prefix.safetensors", "mid"), ("last.safetensors", "before"),
-           ("config.yaml", "mid"), ("prefix.safetensors", "before"), ("config.yaml", "after")]
+WINDOWS = [
+    ("last.safetensors", "mid"),
+    ("prefix.safetensors", "after"),
+    ("config.yaml", "before"),
+    ("last.safetensors", "after"),
+    ("prefix.safetensors", "mid"),
+    ("last.safetensors", "before"),
+    ("config.yaml", "mid"),
+    ("prefix.safetensors", "before"),
+    ("config.yaml", "after"),
+]
 TIMINGS = ("seconds", "tokens_per_s")
 HALF_LINE = b'{"step": 99, "epoch": 0, "lo'
 
@@ -96,14 +113,16 @@ def same_as_reference(run_dir: Path, ref: Path) -> None:
     if {**a, "out_dir": None} != {**b, "out_dir": None}:
         raise AssertionError(f"{run_dir / 'config.yaml'} differs from the uninterrupted run's")
     if log_rows(run_dir) != log_rows(ref):
-        raise AssertionError(f"{run_dir / 'log.jsonl'} differs from the uninterrupted run's (timings and start "
-                             f"lines aside)")
+        raise AssertionError(
+            f"{run_dir / 'log.jsonl'} differs from the uninterrupted run's (timings and start lines aside)"
+        )
     if temps := sorted(str(p) for p in run_dir.rglob(".*.tmp")):
         raise AssertionError(f"temp files left behind: {temps}")
 
 
-def attempt(run_dir: Path, out: Path, *, window: str | None = None, at: tuple[int, float] | None = None,
-            timeout: float = 600) -> str:
+def attempt(
+    run_dir: Path, out: Path, *, window: str | None = None, at: tuple[int, float] | None = None, timeout: float = 600
+) -> str:
     """Run the train command once: 'killed' or 'finished'. window: FILE:PHASE:N; at: (k, t) SIGKILL it t seconds
     after its progress bar shows step k (a time alone would mostly hit start-up, whose length varies)."""
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(REPO / "src"), os.environ.get("PYTHONPATH", "")])}
@@ -116,8 +135,10 @@ def attempt(run_dir: Path, out: Path, *, window: str | None = None, at: tuple[in
         proc = subprocess.Popen(cmd, cwd=REPO, env=env, stdout=f, stderr=subprocess.STDOUT)
     try:
         if at is not None:
-            while proc.poll() is None and max(map(int, re.findall(rb"\| *(\d+)/\d+ \[", out.read_bytes())),
-                                              default=-1) < at[0]:
+            while (
+                proc.poll() is None
+                and max(map(int, re.findall(rb"\| *(\d+)/\d+ \[", out.read_bytes())), default=-1) < at[0]
+            ):
                 if time.monotonic() - t0 > timeout:
                     raise TimeoutError(cmd)
                 time.sleep(0.005)
@@ -143,8 +164,10 @@ def write_steps(ref: Path) -> tuple[dict[str, list[int]], int]:
     total = max(r["step"] for r in rows)
     devs = [(r["step"], r["dev_loss"]) for r in rows if "dev_loss" in r]
     better = [s for i, (s, loss) in enumerate(devs) if all(loss < x for _, x in devs[:i])]
-    return {"last.safetensors": [s for s in range(1, total + 1) if s % every == 0 or s == total],
-            "prefix.safetensors": better}, total
+    return {
+        "last.safetensors": [s for s in range(1, total + 1) if s % every == 0 or s == total],
+        "prefix.safetensors": better,
+    }, total
 
 
 def checkpoint_step(run_dir: Path) -> int:
@@ -181,8 +204,10 @@ def run(kills: int, seed: int, work: Path, ref: Path | None = None, *, verbose: 
         t0 = time.monotonic()
         outcome = attempt(run_dir, work / f"attempt{len(log)}.out", window=window, at=at)
         what = window or (f"{at[1]:.2f} s after step {at[0]}" if at else "run to the end")
-        log.append(f"{run_dir.name}: from step {step}, {what}: {outcome}, checkpoint now at step "
-                   f"{checkpoint_step(run_dir)} ({time.monotonic() - t0:.1f} s)")
+        log.append(
+            f"{run_dir.name}: from step {step}, {what}: {outcome}, checkpoint now at step "
+            f"{checkpoint_step(run_dir)} ({time.monotonic() - t0:.1f} s)"
+        )
         if verbose:
             print(log[-1], flush=True)
         if outcome == "killed":
@@ -226,7 +251,7 @@ def child(spec: str, argv: list[str]) -> int:
 
 def main() -> int:
     if len(sys.argv) > 2 and sys.argv[1] == "child":
-        return child(sys.argv[2], sys.argv[sys.argv.index("--") + 1:])
+        return child(sys.argv[2], sys.argv[sys.argv.index("--") + 1 :])
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--kills", type=int, default=20, help="SIGKILLs in all (half in write windows)")
     p.add_argument("--seed", type=int, default=0, help="seed of the random kill times and write choices")
@@ -235,8 +260,10 @@ def main() -> int:
     work = args.dir or Path(tempfile.mkdtemp(prefix="fault_test."))
     t0 = time.monotonic()
     res = run(args.kills, args.seed, work)
-    print(f"OK: {res['kills']} kills ({res['window_kills']} in write windows) over {res['rounds']} round(s); every "
-          f"finished run equals the uninterrupted one ({time.monotonic() - t0:.0f} s, in {work})")
+    print(
+        f"OK: {res['kills']} kills ({res['window_kills']} in write windows) over {res['rounds']} round(s); every "
+        f"finished run equals the uninterrupted one ({time.monotonic() - t0:.0f} s, in {work})"
+    )
     return 0
 
 

@@ -26,13 +26,19 @@ def main(results: Path) -> str:
         if not path.is_file():
             continue
         s = json.loads(path.read_text())
-        lines.append(f"| {name} | " + " | ".join(_fmt(k, s[k]) for k in METRICS) + f" | {_fmt('BLEU', r['metrics']['BLEU'])} |")
+        lines.append(
+            f"| {name} | " + " | ".join(_fmt(k, s[k]) for k in METRICS) + f" | {_fmt('BLEU', r['metrics']['BLEU'])} |"
+        )
         if "size" in r:
             groups[(r["size"], r["method"])].append(s)
     if groups:
         lines += ["", "| train size | method | " + " | ".join(METRICS) + " |", "|---|---|" + "---|" * len(METRICS)]
         for (size, method), ss in sorted(groups.items()):
-            lines.append(f"| {size} | {method} | " + " | ".join(_fmt(k, statistics.fmean(s[k] for s in ss)) for k in METRICS) + " |")
+            lines.append(
+                f"| {size} | {method} | "
+                + " | ".join(_fmt(k, statistics.fmean(s[k] for s in ss)) for k in METRICS)
+                + " |"
+            )
     return "\n".join(lines)
 
 

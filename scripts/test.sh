@@ -5,4 +5,7 @@ cd "$(dirname "$0")/.."
 bash scripts/setup.sh
 . .venv/bin/activate
 export PREFIX_TUNING_DATA="${PREFIX_TUNING_DATA:-$(cd .. && pwd)/shared/data}"
+# one code style: lint and format checks first (seconds), then the tests
+python -m ruff check src tests benchmarks scripts
+python -m ruff format --check src tests benchmarks scripts
 exec python -m pytest "$@"

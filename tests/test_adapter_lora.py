@@ -101,8 +101,9 @@ def test_zero_update_is_the_base_model(name):
     add_lora(model, rank=4, alpha=32)
     assert torch.equal(model(input_ids=ids).logits, base)
     with torch.no_grad():
-        model.get_submodule("model.layers.0.self_attn.v_proj" if name == "tiny-llama"
-                            else "transformer.h.0.attn.c_attn").lora.B.add_(0.1)
+        model.get_submodule(
+            "model.layers.0.self_attn.v_proj" if name == "tiny-llama" else "transformer.h.0.attn.c_attn"
+        ).lora.B.add_(0.1)
     assert (model(input_ids=ids).logits - base).abs().max() > 1e-3
 
     model = build_tiny(name)
@@ -123,7 +124,8 @@ def test_adapter_sits_after_the_block(name):
     base = build_tiny(name)
     got = {}
     base.get_submodule("transformer.h" if name == "tiny-gpt2" else "model.layers")[-1].register_forward_hook(
-        lambda m, a, out: got.setdefault("h", out[0] if isinstance(out, tuple) else out))
+        lambda m, a, out: got.setdefault("h", out[0] if isinstance(out, tuple) else out)
+    )
     base(input_ids=ids)
     model = build_tiny(name)
     torch.manual_seed(0)
@@ -134,8 +136,7 @@ def test_adapter_sits_after_the_block(name):
             a.up.bias.zero_()
     a = adapters[-1]
     h = got["h"]  # (B, T, d)
-    manual = h + a.up(torch.relu(a.down(nn.functional.layer_norm(h, h.shape[-1:], a.ln.weight, a.ln.bias,
-                                                                a.ln.eps))))
+    manual = h + a.up(torch.relu(a.down(nn.functional.layer_norm(h, h.shape[-1:], a.ln.weight, a.ln.bias, a.ln.eps))))
     norm = model.transformer.ln_f if name == "tiny-gpt2" else model.model.norm
     expected = model.lm_head(norm(manual))
     assert (model(input_ids=ids).logits - expected).abs().max() <= 1e-5
@@ -166,8 +167,9 @@ def test_lora_llama_matches_peft():
     ids = _ids(2, 8)
     ours = build_tiny("tiny-llama")
     _add("lora", ours)
-    ref = inject_adapter_in_model(LoraConfig(r=4, lora_alpha=32, target_modules=["q_proj", "v_proj"]),
-                                  build_tiny("tiny-llama"))
+    ref = inject_adapter_in_model(
+        LoraConfig(r=4, lora_alpha=32, target_modules=["q_proj", "v_proj"]), build_tiny("tiny-llama")
+    )
     with torch.no_grad():
         for name, mod in ours.named_modules():
             if hasattr(mod, "lora"):
@@ -261,8 +263,8 @@ def _greedy_full(model: nn.Module, prompt: list[int], n: int) -> tuple[list[int]
         logits = model(input_ids=torch.tensor([seq])).logits[0, -1]  # (V,)
         seq.append(int(logits.argmax()))
         if seq[-1] == EOS:
-            return seq[len(prompt):-1], logits
-    return seq[len(prompt):], logits
+            return seq[len(prompt) : -1], logits
+    return seq[len(prompt) :], logits
 
 
 @pytest.mark.parametrize("method", METHODS)
@@ -279,15 +281,27 @@ def test_cached_decode_matches_full_recompute(method, name):
     cache = DynamicCache(config=model.config)
     T = len(prompt)
     mask = torch.ones(1, T, dtype=torch.long)
-    out = model(input_ids=torch.tensor([prompt]), attention_mask=mask, position_ids=torch.arange(T)[None],
-                cache=cache, use_cache=True, logits_to_keep=1)
+    out = model(
+        input_ids=torch.tensor([prompt]),
+        attention_mask=mask,
+        position_ids=torch.arange(T)[None],
+        cache=cache,
+        use_cache=True,
+        logits_to_keep=1,
+    )
     toks = []
     for step in range(n):
         tok = int(out.logits[0, -1].argmax())
         toks.append(tok)
         mask = torch.ones(1, T + step + 1, dtype=torch.long)
-        out = model(input_ids=torch.tensor([[tok]]), attention_mask=mask,
-                    position_ids=torch.tensor([[T + step]]), cache=cache, use_cache=True, logits_to_keep=1)
+        out = model(
+            input_ids=torch.tensor([[tok]]),
+            attention_mask=mask,
+            position_ids=torch.tensor([[T + step]]),
+            cache=cache,
+            use_cache=True,
+            logits_to_keep=1,
+        )
     ref_toks, _ = _greedy_full(model, prompt, n + 1)
     full = model(input_ids=torch.tensor([prompt + toks])).logits[0, -1]
     assert toks == ref_toks[:n]

@@ -29,9 +29,15 @@ CONFIGS = sorted((Path(__file__).resolve().parents[1] / "configs").glob("*.yaml"
 
 def test_configs_exist():
     names = {p.name for p in CONFIGS}
-    assert {"e2e_prefix_gpt2-medium.yaml", "e2e_finetune_gpt2-medium.yaml", "tiny_prefix.yaml",
-            "e2e_finetune-top2_gpt2-medium.yaml", "e2e_adapter-3%_gpt2-medium.yaml", "e2e_adapter-0.1%_gpt2-medium.yaml",
-            "e2e_lora_gpt2-medium.yaml"} <= names  # every Table 1 row
+    assert {
+        "e2e_prefix_gpt2-medium.yaml",
+        "e2e_finetune_gpt2-medium.yaml",
+        "tiny_prefix.yaml",
+        "e2e_finetune-top2_gpt2-medium.yaml",
+        "e2e_adapter-3%_gpt2-medium.yaml",
+        "e2e_adapter-0.1%_gpt2-medium.yaml",
+        "e2e_lora_gpt2-medium.yaml",
+    } <= names  # every Table 1 row
 
 
 @pytest.mark.parametrize("path", CONFIGS, ids=lambda p: p.name)
@@ -53,20 +59,71 @@ def test_defaults_are_the_papers():
     code's training and decoding settings; a changed default must show up here."""
     d = to_dict(RunConfig())
     assert d["model"] == {"name": "gpt2-medium", "revision": None}
-    assert d["method"] == {"name": "prefix", "prefix_length": 5, "reparam": True, "mlp_hidden": 512,
-                           "prefix_dropout": 0.0, "init": "random", "init_text": "table-to-text:",
-                           "init_steps": 500, "backbone_dropout": False, "top_k_layers": 2,
-                           "embedding_only": False, "position": "prefix", "adapter_bottleneck": None,
-                           "adapter_fraction": 0.03,
-                           "lora_rank": 4, "lora_alpha": 32.0, "lora_dropout": 0.1}
-    assert {k: d["train"][k] for k in ["lr", "epochs", "batch_size", "grad_accum", "warmup_steps",
-                                       "weight_decay", "max_grad_norm", "seed", "loss", "precision"]} == {
-        "lr": 8e-5, "epochs": 5, "batch_size": 10, "grad_accum": 1, "warmup_steps": 0, "weight_decay": 0.0,
-        "max_grad_norm": 1.0, "seed": 101, "loss": "sentence_sum", "precision": "auto"}
-    assert {k: d["decode"][k] for k in ["beam_size", "max_new_tokens", "min_new_tokens", "length_penalty",
-                                        "no_repeat_ngram_size", "ban_newlines", "early_stopping"]} == {
-        "beam_size": 5, "max_new_tokens": 100, "min_new_tokens": 5, "length_penalty": 1.0,
-        "no_repeat_ngram_size": 0, "ban_newlines": True, "early_stopping": False}
+    assert d["method"] == {
+        "name": "prefix",
+        "prefix_length": 5,
+        "reparam": True,
+        "mlp_hidden": 512,
+        "prefix_dropout": 0.0,
+        "init": "random",
+        "init_text": "table-to-text:",
+        "init_steps": 500,
+        "backbone_dropout": False,
+        "top_k_layers": 2,
+        "embedding_only": False,
+        "position": "prefix",
+        "adapter_bottleneck": None,
+        "adapter_fraction": 0.03,
+        "lora_rank": 4,
+        "lora_alpha": 32.0,
+        "lora_dropout": 0.1,
+    }
+    assert {
+        k: d["train"][k]
+        for k in [
+            "lr",
+            "epochs",
+            "batch_size",
+            "grad_accum",
+            "warmup_steps",
+            "weight_decay",
+            "max_grad_norm",
+            "seed",
+            "loss",
+            "precision",
+        ]
+    } == {
+        "lr": 8e-5,
+        "epochs": 5,
+        "batch_size": 10,
+        "grad_accum": 1,
+        "warmup_steps": 0,
+        "weight_decay": 0.0,
+        "max_grad_norm": 1.0,
+        "seed": 101,
+        "loss": "sentence_sum",
+        "precision": "auto",
+    }
+    assert {
+        k: d["decode"][k]
+        for k in [
+            "beam_size",
+            "max_new_tokens",
+            "min_new_tokens",
+            "length_penalty",
+            "no_repeat_ngram_size",
+            "ban_newlines",
+            "early_stopping",
+        ]
+    } == {
+        "beam_size": 5,
+        "max_new_tokens": 100,
+        "min_new_tokens": 5,
+        "length_penalty": 1.0,
+        "no_repeat_ngram_size": 0,
+        "ban_newlines": True,
+        "early_stopping": False,
+    }
     assert d["decode"]["early_stopping"] is False  # not 0: the type is bool | "never"
     assert to_dict(load_config(None)) == d
 
@@ -89,22 +146,25 @@ def test_unknown_key_lists_valid_ones(tmp_path):
         load_config(None, ["method.prefix_lenght=10"])
 
 
-@pytest.mark.parametrize("override,match", [
-    ("train.lr=fast", "expected a number"),
-    ("train.batch_size=0", ">= 1"),
-    ("method.name=bitfit", "not one of"),
-    ("method.lora_dropout=1.0", "lora_dropout"),
-    ("method.lora_rank=0", "lora_rank"),
-    ("method.adapter_fraction=1.5", "adapter_fraction"),
-    ("method.adapter_bottleneck=0", "adapter_bottleneck"),
-    ("method.embedding_only=true method.name=lora", "embedding_only"),
-    ("method.position=infix method.embedding_only=true", "position=infix"),
-    ("method.position=suffix", "not one of"),
-    ("train.precision=int8", "not one of"),
-    ("train.batch_size=20", None),
-    ("train.grad_accum=3", "divisible"),
-    ("noequals", "key=value"),
-])
+@pytest.mark.parametrize(
+    "override,match",
+    [
+        ("train.lr=fast", "expected a number"),
+        ("train.batch_size=0", ">= 1"),
+        ("method.name=bitfit", "not one of"),
+        ("method.lora_dropout=1.0", "lora_dropout"),
+        ("method.lora_rank=0", "lora_rank"),
+        ("method.adapter_fraction=1.5", "adapter_fraction"),
+        ("method.adapter_bottleneck=0", "adapter_bottleneck"),
+        ("method.embedding_only=true method.name=lora", "embedding_only"),
+        ("method.position=infix method.embedding_only=true", "position=infix"),
+        ("method.position=suffix", "not one of"),
+        ("train.precision=int8", "not one of"),
+        ("train.batch_size=20", None),
+        ("train.grad_accum=3", "divisible"),
+        ("noequals", "key=value"),
+    ],
+)
 def test_bad_values(override, match):
     if match is None:
         assert load_config(None, [override]).train.batch_size == 20  # not the default (10): it arrived
@@ -114,8 +174,9 @@ def test_bad_values(override, match):
 
 
 def test_override_and_round_trip(tmp_path):
-    cfg = load_config(CONFIGS[0].parent / "tiny_prefix.yaml", ["train.lr=3e-4", "method.prefix_length=7",
-                                                                "train.max_steps=null"])
+    cfg = load_config(
+        CONFIGS[0].parent / "tiny_prefix.yaml", ["train.lr=3e-4", "method.prefix_length=7", "train.max_steps=null"]
+    )
     assert cfg.train.lr == 3e-4 and cfg.method.prefix_length == 7 and cfg.train.max_steps is None
     save_config(cfg, tmp_path / "config.yaml")
     assert to_dict(load_config(tmp_path / "config.yaml")) == to_dict(cfg)
@@ -131,19 +192,22 @@ def test_cli_print_config(capsys):
     assert "prefix_length: 10" in capsys.readouterr().out
 
 
-@pytest.mark.parametrize("override,expected", [
-    ("train.lr=8e-5", 8e-5),  # YAML 1.1 reads 8e-5 as a string
-    ("train.lr='1e-3'", 1e-3),
-    ("train.lr=1", 1.0),
-    ("train.epochs=3.0", 3),
-    ("train.max_steps=null", None),
-    ("model.name=123", "123"),
-    ("data.variant=cleaned", "cleaned"),
-    ("train.precision=bf16", "bf16"),
-    ("decode.early_stopping=never", "never"),
-    ("decode.early_stopping=true", True),
-    ("decode.early_stopping=false", False),
-])
+@pytest.mark.parametrize(
+    "override,expected",
+    [
+        ("train.lr=8e-5", 8e-5),  # YAML 1.1 reads 8e-5 as a string
+        ("train.lr='1e-3'", 1e-3),
+        ("train.lr=1", 1.0),
+        ("train.epochs=3.0", 3),
+        ("train.max_steps=null", None),
+        ("model.name=123", "123"),
+        ("data.variant=cleaned", "cleaned"),
+        ("train.precision=bf16", "bf16"),
+        ("decode.early_stopping=never", "never"),
+        ("decode.early_stopping=true", True),
+        ("decode.early_stopping=false", False),
+    ],
+)
 def test_types_come_from_annotations(override, expected):
     key = override.split("=")[0]
     section, name = key.split(".")
@@ -151,24 +215,27 @@ def test_types_come_from_annotations(override, expected):
     assert value == expected and type(value) is type(expected)
 
 
-@pytest.mark.parametrize("override,match", [
-    ("train.epochs=3.5", "train.epochs: expected an integer, got 3.5"),
-    ("train.epochs=true", "train.epochs: expected an integer, got True"),
-    ("train.epochs=null", "train.epochs: null is not allowed; expected an integer"),
-    ("train.max_steps=many", "train.max_steps: expected an integer or null, got 'many'"),
-    ("method.reparam=1", "method.reparam: expected true/false, got 1"),
-    ("train.lr=.inf", "train.lr: expected a number, got inf"),
-    ("train.lr=.nan", "train.lr: expected a number, got nan"),
-    ("model.name=[a]", r"model.name: expected a string, got \['a'\]"),
-    ("data.variant=Cleaned", "data.variant: 'Cleaned' is not one of official, cleaned"),
-    ("decode.precision=16", "decode.precision: 16 is not one of auto, fp32, bf16, fp16"),
-    ("decode.early_stopping=sometimes", "decode.early_stopping: expected true/false or 'never', got 'sometimes'"),
-    ("decode.early_stopping=1", "decode.early_stopping: expected true/false or 'never', got 1"),
-    ("decode.min_new_tokens=-1", "decode.min_new_tokens: must be >= 0"),
-    ("train.max_grad_norm=0", "train.max_grad_norm: must be > 0"),
-    ("train.lr=[", "override 'train.lr=\\[': the value is not valid YAML"),
-    ("train.lr=2001-02-30", "override 'train.lr=2001-02-30': the value is not valid YAML"),
-])
+@pytest.mark.parametrize(
+    "override,match",
+    [
+        ("train.epochs=3.5", "train.epochs: expected an integer, got 3.5"),
+        ("train.epochs=true", "train.epochs: expected an integer, got True"),
+        ("train.epochs=null", "train.epochs: null is not allowed; expected an integer"),
+        ("train.max_steps=many", "train.max_steps: expected an integer or null, got 'many'"),
+        ("method.reparam=1", "method.reparam: expected true/false, got 1"),
+        ("train.lr=.inf", "train.lr: expected a number, got inf"),
+        ("train.lr=.nan", "train.lr: expected a number, got nan"),
+        ("model.name=[a]", r"model.name: expected a string, got \['a'\]"),
+        ("data.variant=Cleaned", "data.variant: 'Cleaned' is not one of official, cleaned"),
+        ("decode.precision=16", "decode.precision: 16 is not one of auto, fp32, bf16, fp16"),
+        ("decode.early_stopping=sometimes", "decode.early_stopping: expected true/false or 'never', got 'sometimes'"),
+        ("decode.early_stopping=1", "decode.early_stopping: expected true/false or 'never', got 1"),
+        ("decode.min_new_tokens=-1", "decode.min_new_tokens: must be >= 0"),
+        ("train.max_grad_norm=0", "train.max_grad_norm: must be > 0"),
+        ("train.lr=[", "override 'train.lr=\\[': the value is not valid YAML"),
+        ("train.lr=2001-02-30", "override 'train.lr=2001-02-30': the value is not valid YAML"),
+    ],
+)
 def test_wrong_types_name_key_expected_and_got(override, match):
     with pytest.raises(ConfigError, match=match):
         load_config(None, [override])

@@ -37,8 +37,10 @@ needs_data = pytest.mark.skipif(not ZIP.is_file(), reason=f"E2E data not found a
 @pytest.fixture(autouse=True)
 def no_network(monkeypatch):
     """No test may reach the network: any download attempt fails as if offline."""
+
     def offline(*a, **k):
         raise urllib.error.URLError("network disabled in tests")
+
     monkeypatch.setattr(urllib.request, "urlopen", offline)
 
 
@@ -52,6 +54,7 @@ def official():
 @pytest.fixture(scope="module")
 def gpt2_tok():
     from transformers import GPT2TokenizerFast
+
     d = SHARED / "gpt2-tokenizer"
     if not (d / "vocab.json").is_file():
         pytest.skip(f"GPT-2 tokenizer files not found at {d}")
@@ -59,6 +62,7 @@ def gpt2_tok():
 
 
 # ------------------------------------------------------------------------------------------- real files
+
 
 def test_official_counts(official):
     counts = {s: (len(exs), len(group_by_mr(exs))) for s, exs in official.items()}
@@ -104,21 +108,16 @@ def test_folder_of_csvs_equals_zip(tmp_path, official, layout):
 # gpt2/run_generation.py (e.g. "name : The Cricketers | Type : restaurant | food : Chinese | price : high |
 # customer rating : 1 out of 5 | area : city centre | family friendly : no {bos}").
 QUICK_CHECK = {
-    "name[Blue Spice], eatType[coffee shop], area[city centre]":
-        "name : Blue Spice | Type : coffee shop | area : city centre",
-    "name[Blue Spice], eatType[pub], food[Chinese], area[city centre], familyFriendly[no]":
-        "name : Blue Spice | Type : pub | food : Chinese | area : city centre | family friendly : no",
-    "name[The Cricketers], eatType[coffee shop], customer rating[1 out of 5], familyFriendly[yes], near[Avalon]":
-        "name : The Cricketers | Type : coffee shop | customer rating : 1 out of 5 | family friendly : yes | "
-        "near : Avalon",
+    "name[Blue Spice], eatType[coffee shop], area[city centre]": "name : Blue Spice | Type : coffee shop | area : city centre",
+    "name[Blue Spice], eatType[pub], food[Chinese], area[city centre], familyFriendly[no]": "name : Blue Spice | Type : pub | food : Chinese | area : city centre | family friendly : no",
+    "name[The Cricketers], eatType[coffee shop], customer rating[1 out of 5], familyFriendly[yes], near[Avalon]": "name : The Cricketers | Type : coffee shop | customer rating : 1 out of 5 | family friendly : yes | "
+    "near : Avalon",
     "name[The Cricketers], eatType[restaurant], food[Chinese], priceRange[high], customer rating[1 out of 5], "
-    "area[city centre], familyFriendly[no]":
-        "name : The Cricketers | Type : restaurant | food : Chinese | price : high | customer rating : 1 out of 5 "
-        "| area : city centre | family friendly : no",
+    "area[city centre], familyFriendly[no]": "name : The Cricketers | Type : restaurant | food : Chinese | price : high | customer rating : 1 out of 5 "
+    "| area : city centre | family friendly : no",
     "name[The Mill], eatType[restaurant], food[English], priceRange[moderate], area[riverside], "
-    "familyFriendly[yes], near[Raja Indian Cuisine]":
-        "name : The Mill | Type : restaurant | food : English | price : moderate | area : riverside | "
-        "family friendly : yes | near : Raja Indian Cuisine",
+    "familyFriendly[yes], near[Raja Indian Cuisine]": "name : The Mill | Type : restaurant | food : English | price : moderate | area : riverside | "
+    "family friendly : yes | near : Raja Indian Cuisine",
 }
 
 # The first 15 tables of the original's e2e_data/src1_test.txt (one line per testset_w_refs.csv row, in order;
@@ -152,14 +151,16 @@ ORIGINAL_TOKENIZED = {
     # testset_w_refs.csv row (1-based) -> reference in src1_test.txt
     14: "Near Burger King is the Blue Spice coffee shop . It has average customer ratings .",
     33: "The Blue Spice is a pub that also serves Chinese food , it 's located in the city center . The pub is n't "
-        "very family friendly , but the proximity to the Rainbow Vegetarian Café makes up for it .",
+    "very family friendly , but the proximity to the Rainbow Vegetarian Café makes up for it .",
     54: "Kid friendly , .Blue Spice Chinese pub is in riverside , near Rainbow Vegetarian Café .",
     91: "Blue Spice is a pub serving English food . You 'll find it alongside the river near to the Rainbow Vegetarian "
-        "Café . It is n't a family - friendly establishment .",
+    "Café . It is n't a family - friendly establishment .",
     122: "An English serving child friendly pub in Riverside is Blue Spice near Rainbow Vegetarian Café",
 }
-ORIGINAL_TOKENIZED_TABLE = ("name : The Cricketers | Type : restaurant | food : Chinese | price : £ 20 - 25 | "
-                            "customer rating : high | area : city centre | family friendly : no | near : All Bar One")
+ORIGINAL_TOKENIZED_TABLE = (
+    "name : The Cricketers | Type : restaurant | food : Chinese | price : £ 20 - 25 | "
+    "customer rating : high | area : city centre | family friendly : no | near : All Bar One"
+)
 
 
 def test_tokenized_matches_original_files():
@@ -172,14 +173,17 @@ def test_tokenized_matches_original_files():
     assert test[1160].table == ORIGINAL_TOKENIZED_TABLE  # row 1161, the first with priceRange[£20-25]
     assert [e.table for e in test[:15]] == SRC1_TEST_HEAD
     assert test[0].mr == "name[Blue Spice], eatType[coffee shop], area[city centre]"  # the MR stays raw
-    assert linearize_mr("priceRange[more than £30], near[Café Adriatic]", tokenized=True) == \
-        "price : more than £ 30 | near : Café Adriatic"
+    assert (
+        linearize_mr("priceRange[more than £30], near[Café Adriatic]", tokenized=True)
+        == "price : more than £ 30 | near : Café Adriatic"
+    )
 
 
 def test_tokenized_without_spacy_says_so(tmp_path, monkeypatch):
     import sys
 
     from prefix_tuning import e2e_tokenize
+
     monkeypatch.setitem(sys.modules, "spacy", None)  # makes `import spacy` fail
     e2e_tokenize._tokenizer.cache_clear()
     root = write_split(tmp_path, b"")
@@ -192,8 +196,9 @@ def test_tokenized_without_spacy_says_so(tmp_path, monkeypatch):
         load_e2e("train", data_dir=root, ref_style="nltk")
 
 
-@pytest.mark.parametrize("mr", ["name[The Eagle", "name The Eagle, eatType[pub]", "", "name[X], ", "[X]",
-                                "name[]", "name[a[b]]"])
+@pytest.mark.parametrize(
+    "mr", ["name[The Eagle", "name The Eagle, eatType[pub]", "", "name[X], ", "[X]", "name[]", "name[a[b]]"]
+)
 def test_linearize_rejects(mr):
     with pytest.raises(DataError, match=r"^here:1: .*expected 'slot\[value\]'"):
         linearize_mr(mr, where="here:1")
@@ -206,8 +211,28 @@ def test_linearize_rejects(mr):
 # exactly these input ids, and labels = ids with the first 11 (table + lone space 220 + separator 50256) = -100.
 TABLE = "name : The Eagle | Type : coffee shop"
 REF = "The Eagle is a coffee shop ."
-GOLD_IDS = [1438, 1058, 383, 18456, 930, 5994, 1058, 6891, 6128, 220, 50256,
-            383, 18456, 318, 257, 6891, 6128, 764, 220, 50256]
+GOLD_IDS = [
+    1438,
+    1058,
+    383,
+    18456,
+    930,
+    5994,
+    1058,
+    6891,
+    6128,
+    220,
+    50256,
+    383,
+    18456,
+    318,
+    257,
+    6891,
+    6128,
+    764,
+    220,
+    50256,
+]
 
 
 def test_encode_example_golden(gpt2_tok):
@@ -229,6 +254,7 @@ def test_encode_truncation_keeps_final_eos(gpt2_tok):
 
 class CharTokenizer:
     """A tiny stand-in for a HF tokenizer that adds a BOS (like Llama's): ids are code points + 10."""
+
     eos_token, eos_token_id, bos_token_id = "</s>", 2, 1
 
     def __call__(self, text, add_special_tokens=True):
@@ -262,6 +288,7 @@ def test_dataset_and_collate(gpt2_tok, official):
 
 # ------------------------------------------------------------------------------------------- low data
 
+
 def test_low_data_reproducible_and_disjoint(official):
     train = official["train"]
     for size in (50, 100, 200, 500):
@@ -281,7 +308,7 @@ GOLD_LOWDATA_LINES = [304, 2276, 4053, 5028, 5102]  # seed 0, size 50 (computed 
 
 # ------------------------------------------------------------------------------------------ bad input
 
-GOOD = '"name[The Eagle], eatType[pub]","The Eagle is a pub.\r\nIt is nice."\r\n'   # 2 physical lines
+GOOD = '"name[The Eagle], eatType[pub]","The Eagle is a pub.\r\nIt is nice."\r\n'  # 2 physical lines
 
 
 def write_split(root: Path, body: bytes, header: bytes = b"mr,ref\r\n", as_zip: bool = False) -> Path:
@@ -356,6 +383,7 @@ def test_cleaned_gz_and_skip(tmp_path):
 
 # ---------------------------------------------------------------------------------------- data location
 
+
 def fake_data_dir(p: Path) -> Path:
     (p / "e2e").mkdir(parents=True)
     (p / "e2e" / "e2e-dataset.zip").write_bytes(b"")
@@ -386,8 +414,14 @@ def test_offline_error_names_all_options(tmp_path, monkeypatch):
     with pytest.raises(DataError) as err:
         load_e2e("test")  # nothing anywhere: tries to download, the network is off
     msg = str(err.value)
-    for needle in ("download failed", "PREFIX_TUNING_DATA", "data_dir", str(tmp_path / "cache" / "prefix-tuning"),
-                   e2e.E2E_URL, e2e.E2E_SHA256):
+    for needle in (
+        "download failed",
+        "PREFIX_TUNING_DATA",
+        "data_dir",
+        str(tmp_path / "cache" / "prefix-tuning"),
+        e2e.E2E_URL,
+        e2e.E2E_SHA256,
+    ):
         assert needle in msg, (needle, msg)
     assert not list((tmp_path / "cache").rglob("*.zip")) and not list((tmp_path / "cache").rglob(".download-*"))
     with pytest.raises(DataError, match="no E2E data found.*PREFIX_TUNING_DATA"):

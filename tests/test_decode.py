@@ -35,11 +35,6 @@ pytestmark = pytest.mark.usefixtures("one_thread")
 # ------------------------------------------------------------------------------------------ fixtures
 
 
-
-
-
-
-
 @pytest.fixture(scope="module")
 def tok(data_dir):
     return load_tokenizer("tiny-gpt2", data_dir)
@@ -64,6 +59,7 @@ def model(request):
 
 # ------------------------------------------------------------------------------------ the references
 
+
 def ref_logprobs(model, prompt: list[int], seqs: list[list[int]], prefix) -> torch.Tensor:
     """Next-token log-probs after prompt + seq, for equally long seqs: full re-run, fresh prefix cache."""
     ids = torch.tensor([prompt + s for s in seqs])
@@ -73,8 +69,13 @@ def ref_logprobs(model, prompt: list[int], seqs: list[list[int]], prefix) -> tor
             logits = model(input_ids=ids).logits
         else:
             P = prefix.shape[-2]
-            logits = model(input_ids=ids, cache=build_cache(prefix, B), attention_mask=torch.ones(B, P + T),
-                           position_ids=torch.arange(P, P + T).expand(B, T), use_cache=True).logits
+            logits = model(
+                input_ids=ids,
+                cache=build_cache(prefix, B),
+                attention_mask=torch.ones(B, P + T),
+                position_ids=torch.arange(P, P + T).expand(B, T),
+                use_cache=True,
+            ).logits
     return torch.log_softmax(logits[:, -1].float(), dim=-1)
 
 
@@ -87,7 +88,7 @@ def ref_ban(logp: torch.Tensor, seq: list[int], s: SearchSettings) -> torch.Tens
     n = s.no_repeat_ngram_size
     if n:
         for i in range(len(seq) - n + 1):
-            if seq[i:i + n - 1] == seq[len(seq) - n + 1:]:
+            if seq[i : i + n - 1] == seq[len(seq) - n + 1 :]:
                 logp[seq[i + n - 1]] = float("-inf")
     return logp
 
@@ -114,7 +115,7 @@ def ref_beam(model, prompt, prefix, s: SearchSettings) -> list[int]:
             total = score + ref_ban(logp, seq, s)
             top = total.topk(2 * K)
             cands += [(float(v), seq + [int(t)], v) for v, t in zip(top.values, top.indices)]
-        cands = sorted(cands, key=lambda c: -c[0])[:2 * K]
+        cands = sorted(cands, key=lambda c: -c[0])[: 2 * K]
         last = n + 1 == s.max_new_tokens
         running_next = []
         for rank, (_, seq, v) in enumerate(cands):
@@ -129,7 +130,7 @@ def ref_beam(model, prompt, prefix, s: SearchSettings) -> list[int]:
         running = running_next
         if len(finished) == K:
             length = s.max_new_tokens if s.early_stopping == "never" and lp > 0 else n + 1
-            if s.early_stopping is True or not float(running[0][1] / length ** lp) > finished[-1][0]:
+            if s.early_stopping is True or not float(running[0][1] / length**lp) > finished[-1][0]:
                 break
     return finished[0][1]
 
@@ -144,6 +145,7 @@ def prompts_of(tok, tables):
 
 
 # ------------------------------------------------------------------------------------------------ tests
+
 
 def test_prefill_positions_and_mask():
     pre5, pre3 = torch.zeros(1, 2, 1, 5, 2), torch.zeros(1, 2, 1, 3, 2)
@@ -166,8 +168,15 @@ def test_greedy_matches_reference(model, tok, tables):
     assert got_plain == [ref_greedy(model, p, None, s) for p in prompts[:3]]
 
 
-@pytest.mark.parametrize("kw", [dict(), dict(length_penalty=0.6, beam_size=4), dict(early_stopping=True),
-                                dict(early_stopping="never", length_penalty=1.5)])
+@pytest.mark.parametrize(
+    "kw",
+    [
+        dict(),
+        dict(length_penalty=0.6, beam_size=4),
+        dict(early_stopping=True),
+        dict(early_stopping="never", length_penalty=1.5),
+    ],
+)
 def test_beam_matches_reference(model, tok, tables, kw):
     prefix = random_prefix(model)
     s = settings(**kw)
@@ -198,19 +207,32 @@ def test_matches_hf_generate(model, tok, tables, early_stopping):
     mask = torch.zeros(B, P + T, dtype=torch.long)
     mask[:, :P] = 1
     for i, p in enumerate(prompts):
-        ids[i, T - len(p):] = torch.tensor(p)
-        mask[i, P + T - len(p):] = 1
-    out = model.generate(input_ids=ids, attention_mask=mask, cache=build_cache(prefix, B * K), num_beams=K,
-                         do_sample=False, max_new_tokens=s.max_new_tokens, min_new_tokens=s.min_new_tokens,
-                         length_penalty=s.length_penalty, early_stopping=early_stopping,
-                         bad_words_ids=[[t] for t in s.banned_ids], eos_token_id=EOS, pad_token_id=EOS)
-    hf = [row[:row.index(EOS)] if EOS in row else row for row in out[:, T:].tolist()]
+        ids[i, T - len(p) :] = torch.tensor(p)
+        mask[i, P + T - len(p) :] = 1
+    out = model.generate(
+        input_ids=ids,
+        attention_mask=mask,
+        cache=build_cache(prefix, B * K),
+        num_beams=K,
+        do_sample=False,
+        max_new_tokens=s.max_new_tokens,
+        min_new_tokens=s.min_new_tokens,
+        length_penalty=s.length_penalty,
+        early_stopping=early_stopping,
+        bad_words_ids=[[t] for t in s.banned_ids],
+        eos_token_id=EOS,
+        pad_token_id=EOS,
+    )
+    hf = [row[: row.index(EOS)] if EOS in row else row for row in out[:, T:].tolist()]
     assert got == hf
 
 
 def test_independent_of_batch_size_and_padding(model, tok, tables):
     prefix = random_prefix(model)
-    cfgs = [DecodeConfig(beam_size=3, max_new_tokens=15, min_new_tokens=2, batch_size=b, precision="fp32") for b in (1, 3, 16)]
+    cfgs = [
+        DecodeConfig(beam_size=3, max_new_tokens=15, min_new_tokens=2, batch_size=b, precision="fp32")
+        for b in (1, 3, 16)
+    ]
     outs = [decode(model, tok, tables, prefix, c) for c in cfgs]
     assert outs[0] == outs[1] == outs[2]
     # the same table padded next to a much longer one, or alone
@@ -225,8 +247,11 @@ def test_mixed_prefixes_equal_each_alone(model, tok, tables):
     n = len(tables)
     index = [i % 3 for i in range(n)]
     mixed = decode(model, tok, tables, [pa, pb, None], cfg, prefix_index=index)
-    alone = {0: decode(model, tok, tables, pa, cfg), 1: decode(model, tok, tables, pb, cfg),
-             2: decode(model, tok, tables, None, cfg)}
+    alone = {
+        0: decode(model, tok, tables, pa, cfg),
+        1: decode(model, tok, tables, pb, cfg),
+        2: decode(model, tok, tables, None, cfg),
+    }
     assert mixed == [alone[index[i]][i] for i in range(n)]
     # a (N, L, 2, KV, P, D) stack works too
     stack = torch.stack([pa, random_prefix(model, 5, seed=3)])
@@ -250,10 +275,11 @@ def test_min_new_tokens_and_banned_ids(model, tok, tables):
     s = settings(min_new_tokens=short + 3)
     got = search(model, prompts, [prefix] * len(prompts), s, pad_id=EOS)
     assert min(len(g) for g in got) >= short + 3
-    assert got == [ref_beam(model, p, prefix, s) for p in prompts[:len(got)]]
+    assert got == [ref_beam(model, p, prefix, s) for p in prompts[: len(got)]]
     used = sorted({t for g in free for t in g})[:40]
-    banned = search(model, prompts, [prefix] * len(prompts), settings(min_new_tokens=0, banned_ids=tuple(used)),
-                    pad_id=EOS)
+    banned = search(
+        model, prompts, [prefix] * len(prompts), settings(min_new_tokens=0, banned_ids=tuple(used)), pad_id=EOS
+    )
     assert not {t for g in banned for t in g} & set(used)
 
 
@@ -264,7 +290,7 @@ def test_no_repeat_ngram(model, tok, tables):
         s = settings(no_repeat_ngram_size=size)
         got = search(model, prompts, [prefix] * len(prompts), s, pad_id=EOS)
         for g in got:
-            grams = [tuple(g[i:i + size]) for i in range(len(g) - size + 1)]
+            grams = [tuple(g[i : i + size]) for i in range(len(g) - size + 1)]
             assert len(grams) == len(set(grams))
         if size == 2:
             assert got == [ref_beam(model, p, prefix, s) for p in prompts]
@@ -299,16 +325,27 @@ def test_bf16_and_errors(tok, tables):
 
 # --------------------------------------------------------------------------------------- run level
 
+
 def make_run(path, *, prefix_seed: int | None, prefix_length: int = 5, model_weights: nn.Module | None = None):
-    method = MethodConfig(name="prefix", prefix_length=prefix_length) if prefix_seed is not None \
+    method = (
+        MethodConfig(name="prefix", prefix_length=prefix_length)
+        if prefix_seed is not None
         else MethodConfig(name="finetune")
-    cfg = RunConfig(model=ModelConfig(name="tiny-gpt2"), method=method, out_dir=str(path),
-                    decode=DecodeConfig(beam_size=2, max_new_tokens=12, min_new_tokens=2, precision="fp32"))
+    )
+    cfg = RunConfig(
+        model=ModelConfig(name="tiny-gpt2"),
+        method=method,
+        out_dir=str(path),
+        decode=DecodeConfig(beam_size=2, max_new_tokens=12, min_new_tokens=2, precision="fp32"),
+    )
     path.mkdir(parents=True)
     save_config(cfg, path / "config.yaml")
     if prefix_seed is not None:
-        save_prefix(random_prefix(build_tiny("tiny-gpt2"), prefix_length, prefix_seed), path / "prefix.safetensors",
-                    base_model="tiny-gpt2")
+        save_prefix(
+            random_prefix(build_tiny("tiny-gpt2"), prefix_length, prefix_seed),
+            path / "prefix.safetensors",
+            base_model="tiny-gpt2",
+        )
     else:
         from safetensors.torch import save_model
 
@@ -361,8 +398,11 @@ def test_generate_cli_mixed_runs(tmp_path, capsys):
     """Several run dirs (prefix lengths 5 and 3, and a fine-tuned model) in one command; the two prefix runs
     share batches and give what each gives alone."""
     ft = build_tiny("tiny-gpt2", seed=99)
-    runs = [make_run(tmp_path / "a", prefix_seed=1), make_run(tmp_path / "b", prefix_seed=2, prefix_length=3),
-            make_run(tmp_path / "ft", prefix_seed=None, model_weights=ft)]
+    runs = [
+        make_run(tmp_path / "a", prefix_seed=1),
+        make_run(tmp_path / "b", prefix_seed=2, prefix_length=3),
+        make_run(tmp_path / "ft", prefix_seed=None, model_weights=ft),
+    ]
     mrs = tmp_path / "mrs.txt"
     mrs.write_text("name[The Eagle], eatType[coffee shop], food[French]\n\nname[Zizzi], area[riverside]\n")
     args = ["generate", *map(str, runs), "--mrs", str(mrs), "--greedy", "--max-new-tokens", "6", "--quiet"]

@@ -18,10 +18,6 @@ pytestmark = pytest.mark.usefixtures("one_thread")
 MAX, MIN = 16, 3
 
 
-
-
-
-
 @pytest.fixture(scope="module")
 def tok(data_dir):
     return load_tokenizer("tiny-gpt2", data_dir)
@@ -41,8 +37,10 @@ def make_setup(name: str, tok, tables):
         return _setups[name]
     model = eos_model(name)
     s = KVShape.from_config(model.config)
-    prefixes = [torch.randn(s.n_layers, 2, s.n_kv_heads, P, s.head_dim, generator=torch.Generator().manual_seed(P))
-                for P in (1, 3, 5, 8)] + [None]
+    prefixes = [
+        torch.randn(s.n_layers, 2, s.n_kv_heads, P, s.head_dim, generator=torch.Generator().manual_seed(P))
+        for P in (1, 3, 5, 8)
+    ] + [None]
     cfg = DecodeConfig(beam_size=1, max_new_tokens=MAX, min_new_tokens=MIN, precision="fp32")
     ref = [decode(model, tok, [t], prefixes[k % 5], cfg)[0] for k, t in enumerate(tables)]
     _setups[name] = model, prefixes, ref
@@ -55,8 +53,10 @@ def setup(tok, tables):
 
 
 def requests(tok, tables, prefixes, **kw) -> list[Request]:
-    return [Request(encode_prompt(tok, t), prefixes[k % 5], MAX, MIN, newline_token_ids(tok), **kw)
-            for k, t in enumerate(tables)]
+    return [
+        Request(encode_prompt(tok, t), prefixes[k % 5], MAX, MIN, newline_token_ids(tok), **kw)
+        for k, t in enumerate(tables)
+    ]
 
 
 def run_staggered(engine: Engine, reqs: list[Request], arrive: list[int], check=None) -> int:
@@ -118,8 +118,7 @@ def test_seeded_sampling_does_not_depend_on_the_batch(setup, tok, tables):
     run_staggered(Engine(model, eos_id=EOS), mixed, [0, 0, 2, 3, 6])
     alone = [Engine(model, eos_id=EOS).generate([r])[0] for r in requests(tok, tables, prefixes, **kw)]
     assert alone == [r.tokens for r in mixed]
-    other = Engine(model, eos_id=EOS).generate(requests(tok, tables[:1], prefixes, temperature=0.9, top_p=0.8,
-                                                        seed=12))
+    other = Engine(model, eos_id=EOS).generate(requests(tok, tables[:1], prefixes, temperature=0.9, top_p=0.8, seed=12))
     assert other[0] != alone[0]
 
 

@@ -66,8 +66,12 @@ def test_rerun_skips_finished_runs(quick_demo, monkeypatch):
     other = quick_demo / "merged"
     assert main(args(other)) == 0
     for name in ["prefix-n16-s0", "finetune-n16-s0"]:
-        assert (other / "outputs" / f"{name}.txt").read_text() == (quick_demo / "results" / "outputs" / f"{name}.txt").read_text()
-    assert json.loads((other / "results.json").read_text()) == json.loads((quick_demo / "results" / "results.json").read_text())
+        assert (other / "outputs" / f"{name}.txt").read_text() == (
+            quick_demo / "results" / "outputs" / f"{name}.txt"
+        ).read_text()
+    assert json.loads((other / "results.json").read_text()) == json.loads(
+        (quick_demo / "results" / "results.json").read_text()
+    )
 
 
 def test_reused_run_keeps_its_outputs_after_generate(quick_demo):
@@ -79,7 +83,9 @@ def test_reused_run_keeps_its_outputs_after_generate(quick_demo):
     again = quick_demo / "again"
     assert main(["reproduce", "demo", "--quick", "--out", str(again), "--runs-dir", str(quick_demo / "runs")]) == 0
     for name in ["prefix-n16-s0", "finetune-n16-s0"]:
-        assert (again / "outputs" / f"{name}.txt").read_text() == (quick_demo / "results" / "outputs" / f"{name}.txt").read_text()
+        assert (again / "outputs" / f"{name}.txt").read_text() == (
+            quick_demo / "results" / "outputs" / f"{name}.txt"
+        ).read_text()
     assert len((again / "outputs" / "prefix-n16-s0.txt").read_text().splitlines()) == 8
 
 
@@ -124,16 +130,29 @@ def test_plan_recipes():
     assert t.runs[0].cfg.train.lr == 8e-5 and t.runs[2].cfg.method.top_k_layers == 2
     assert [x.cfg.method.adapter_fraction for x in t.runs[3:5]] == [0.03, 0.001]
     lora = t.runs[5].cfg
-    assert (lora.method.lora_rank, lora.method.lora_alpha, lora.train.lr, lora.train.weight_decay, lora.train.batch_size,
-            lora.train.warmup_steps) == (4, 32.0, 2e-4, 0.01, 8, 500)
+    assert (
+        lora.method.lora_rank,
+        lora.method.lora_alpha,
+        lora.train.lr,
+        lora.train.weight_decay,
+        lora.train.batch_size,
+        lora.train.warmup_steps,
+    ) == (4, 32.0, 2e-4, 0.01, 8, 500)
     i = experiments.plan("intrinsic", model="m")
     assert [(x.cfg.method.prefix_length, x.cfg.method.embedding_only) for x in i.runs] == [
-        (P, e) for P in (1, 10, 20) for e in (False, True, False)]
+        (P, e) for P in (1, 10, 20) for e in (False, True, False)
+    ]
     assert [x.cfg.method.position for x in i.runs[:3]] == ["prefix", "prefix", "infix"]
     n = experiments.plan("init", model="m", grid=experiments.Grid(seeds=(0,)))
     assert len(n.runs) == 2 * 7 and n.runs[0].cfg.method.init == "random"
-    assert {x.cfg.method.init_text for x in n.runs[1:7]} == {"table-to-text:", "summarize", "table", "elephant",
-                                                             "banana", "divide"}
+    assert {x.cfg.method.init_text for x in n.runs[1:7]} == {
+        "table-to-text:",
+        "summarize",
+        "table",
+        "elephant",
+        "banana",
+        "divide",
+    }
     assert {x.cfg.data.train_size for x in n.runs} == {50, 100} and n.runs[1].cfg.method.prefix_length is None
     d = experiments.plan("demo")
     assert d.test_limit == 100 and d.runs[0].cfg.model.name == "smollm2-135m" and len(d.runs) == 2
@@ -143,8 +162,12 @@ def test_quick_webnlg(tmp_path):
     """`reproduce webnlg --quick` (one seed here to stay fast): S/U/A scores per run, the paper's rows, the plot,
     every run's outputs. --quick scores BLEU and TER only (METEOR's JVM would add ~15 s per run)."""
     out = tmp_path / "results"
-    assert main(["reproduce", "webnlg", "--quick", "--seeds", "0", "--out", str(out),
-                 "--runs-dir", str(tmp_path / "runs")]) == 0
+    assert (
+        main(
+            ["reproduce", "webnlg", "--quick", "--seeds", "0", "--out", str(out), "--runs-dir", str(tmp_path / "runs")]
+        )
+        == 0
+    )
     data = json.loads((out / "results.json").read_text())
     assert [r["name"] for r in data["runs"]] == ["prefix-s0", "finetune-s0"]
     for r in data["runs"]:
@@ -167,18 +190,26 @@ def test_webnlg_plan():
     assert p.runs[3].cfg.data.subset_seed == 1 and p.runs[3].cfg.method.name == "finetune"
 
 
-@pytest.mark.parametrize("name,runs,plot", [
-    pytest.param("table1", ["prefix", "finetune", "finetune-top2", "adapter-3%", "adapter-0.1%", "lora"],
-                 "table1_metrics.png", marks=pytest.mark.slow),  # ~80 s: six runs
-    ("table1", ["adapter-0.1%", "lora"], "table1_metrics.png"),  # the default suite: the rows new to table1
-    ("intrinsic", ["prefix-P2", "embedding-only-P2", "infix-P2"], "intrinsic.png"),
-    ("init", ["init-random-n16-s0", "init-table-to-text-n16-s0", "init-elephant-n16-s0"], "init.png"),
-])
+@pytest.mark.parametrize(
+    "name,runs,plot",
+    [
+        pytest.param(
+            "table1",
+            ["prefix", "finetune", "finetune-top2", "adapter-3%", "adapter-0.1%", "lora"],
+            "table1_metrics.png",
+            marks=pytest.mark.slow,
+        ),  # ~80 s: six runs
+        ("table1", ["adapter-0.1%", "lora"], "table1_metrics.png"),  # the default suite: the rows new to table1
+        ("intrinsic", ["prefix-P2", "embedding-only-P2", "infix-P2"], "intrinsic.png"),
+        ("init", ["init-random-n16-s0", "init-table-to-text-n16-s0", "init-elephant-n16-s0"], "init.png"),
+    ],
+)
 def test_quick_new_experiments(name, runs, plot, tmp_path):
     """table1, intrinsic and init end to end on the tiny model (`--quick`), scored without Java (BLEU and
     ROUGE-L: seconds instead of METEOR's start-up per run): runs, stored sizes, the table beside the paper, plot."""
-    p = experiments.plan(name, grid=experiments.Grid(quick=True), runs_dir=tmp_path / "runs",
-                         metrics=("BLEU", "ROUGE_L"))
+    p = experiments.plan(
+        name, grid=experiments.Grid(quick=True), runs_dir=tmp_path / "runs", metrics=("BLEU", "ROUGE_L")
+    )
     p.runs = [r for r in p.runs if r.name in runs]
     results = experiments.reproduce(p, tmp_path / "out")
     assert [r["name"] for r in results] == runs

@@ -109,10 +109,19 @@ def _damage(kind: str, good: bytes, ref: Path, tmp_path: Path) -> bytes:
     raise ValueError(kind)
 
 
-@pytest.mark.parametrize("kind,says", [
-    ("truncated", "is truncated"), ("empty", "is truncated"), ("pickle", "is a pickle"), ("torch.save", "is a pickle"),
-    ("edited state", "fails its checksum"), ("flipped tensor byte", "fails its checksum"),
-    ("bad header", "is corrupt"), ("not a checkpoint", "not a prefix-tuning checkpoint")])
+@pytest.mark.parametrize(
+    "kind,says",
+    [
+        ("truncated", "is truncated"),
+        ("empty", "is truncated"),
+        ("pickle", "is a pickle"),
+        ("torch.save", "is a pickle"),
+        ("edited state", "fails its checksum"),
+        ("flipped tensor byte", "fails its checksum"),
+        ("bad header", "is corrupt"),
+        ("not a checkpoint", "not a prefix-tuning checkpoint"),
+    ],
+)
 def test_damaged_checkpoint_refused(ref, tmp_path, monkeypatch, kind, says):
     """Refused with the file, what is wrong and what to do; nothing is ever unpickled."""
 

@@ -44,20 +44,24 @@ def fake_cpu(monkeypatch, capability: str, avx512_bf16: bool = False, amx: bool 
 
 # ------------------------------------------------------------------------------------------ auto on CPUs
 
-@pytest.mark.parametrize("capability,avx512_bf16,amx,isa,want", [
-    ("AVX512", True, False, None, "bf16"),  # AVX512-BF16 (Cooper Lake, Zen 4)
-    ("AVX512", False, True, None, "bf16"),  # AMX (Sapphire Rapids)
-    ("AVX512", True, True, None, "bf16"),
-    ("AVX512", False, False, None, "fp32"),  # AVX512 without bf16 (Skylake-X): emulated
-    ("AVX2", False, False, None, "fp32"),  # AVX2-only laptops, CI runners
-    ("AVX2", True, True, None, "fp32"),  # ATEN_CPU_CAPABILITY=avx2 on a bf16 CPU: AVX512 kernels off, emulated
-    ("DEFAULT", False, False, None, "fp32"),
-    ("AVX512", True, False, "AVX2", "fp32"),  # oneDNN capped below bf16
-    ("AVX512", True, False, "avx512_core", "fp32"),
-    ("AVX512", True, False, "AVX512_CORE_BF16", "bf16"),
-    ("AVX512", False, True, "avx512_core_amx", "bf16"),
-    ("AVX512", True, False, "ALL", "bf16"),
-])
+
+@pytest.mark.parametrize(
+    "capability,avx512_bf16,amx,isa,want",
+    [
+        ("AVX512", True, False, None, "bf16"),  # AVX512-BF16 (Cooper Lake, Zen 4)
+        ("AVX512", False, True, None, "bf16"),  # AMX (Sapphire Rapids)
+        ("AVX512", True, True, None, "bf16"),
+        ("AVX512", False, False, None, "fp32"),  # AVX512 without bf16 (Skylake-X): emulated
+        ("AVX2", False, False, None, "fp32"),  # AVX2-only laptops, CI runners
+        ("AVX2", True, True, None, "fp32"),  # ATEN_CPU_CAPABILITY=avx2 on a bf16 CPU: AVX512 kernels off, emulated
+        ("DEFAULT", False, False, None, "fp32"),
+        ("AVX512", True, False, "AVX2", "fp32"),  # oneDNN capped below bf16
+        ("AVX512", True, False, "avx512_core", "fp32"),
+        ("AVX512", True, False, "AVX512_CORE_BF16", "bf16"),
+        ("AVX512", False, True, "avx512_core_amx", "bf16"),
+        ("AVX512", True, False, "ALL", "bf16"),
+    ],
+)
 def test_auto_on_cpu(monkeypatch, capability, avx512_bf16, amx, isa, want):
     fake_cpu(monkeypatch, capability, avx512_bf16, amx)
     if isa is not None:
@@ -106,6 +110,7 @@ def test_bad_precision_and_dtypes():
 
 # ------------------------------------------------------------------------------------------ the bf16 warning
 
+
 def test_explicit_bf16_on_emulating_cpu_warns_once(monkeypatch):
     fake_cpu(monkeypatch, "AVX2")
     with warnings.catch_warnings(record=True) as caught:
@@ -129,6 +134,7 @@ def test_no_warning_where_bf16_is_native(monkeypatch, capability, bf16, device):
 
 # ------------------------------------------------------------------------------------------ cores
 
+
 @pytest.fixture
 def cgroup(tmp_path, monkeypatch):
     """A fake /sys/fs/cgroup: `hardware.Path` is redirected into tmp_path; returns a writer of its files."""
@@ -140,20 +146,24 @@ def cgroup(tmp_path, monkeypatch):
     def write(rel: str, text: str) -> None:
         (root / rel).parent.mkdir(parents=True, exist_ok=True)
         (root / rel).write_text(text)
+
     return write
 
 
-@pytest.mark.parametrize("files,want", [
-    ({}, 6),  # no quota: the affinity mask
-    ({"cpu.max": "200000 100000\n"}, 2),  # cgroup v2: 2 CPUs
-    ({"cpu.max": "250000 100000\n"}, 2),  # 2.5 CPUs: floor
-    ({"cpu.max": "50000 100000\n"}, 1),  # half a CPU: at least 1
-    ({"cpu.max": "max 100000\n"}, 6),  # no limit
-    ({"cpu.max": "1600000 100000\n"}, 6),  # quota above the affinity mask
-    ({"cpu/cpu.cfs_quota_us": "300000\n", "cpu/cpu.cfs_period_us": "100000\n"}, 3),  # cgroup v1
-    ({"cpu/cpu.cfs_quota_us": "-1\n", "cpu/cpu.cfs_period_us": "100000\n"}, 6),  # v1, no limit
-    ({"cpu.max": "garbage", "cpu/cpu.cfs_quota_us": "400000", "cpu/cpu.cfs_period_us": "100000"}, 4),
-])
+@pytest.mark.parametrize(
+    "files,want",
+    [
+        ({}, 6),  # no quota: the affinity mask
+        ({"cpu.max": "200000 100000\n"}, 2),  # cgroup v2: 2 CPUs
+        ({"cpu.max": "250000 100000\n"}, 2),  # 2.5 CPUs: floor
+        ({"cpu.max": "50000 100000\n"}, 1),  # half a CPU: at least 1
+        ({"cpu.max": "max 100000\n"}, 6),  # no limit
+        ({"cpu.max": "1600000 100000\n"}, 6),  # quota above the affinity mask
+        ({"cpu/cpu.cfs_quota_us": "300000\n", "cpu/cpu.cfs_period_us": "100000\n"}, 3),  # cgroup v1
+        ({"cpu/cpu.cfs_quota_us": "-1\n", "cpu/cpu.cfs_period_us": "100000\n"}, 6),  # v1, no limit
+        ({"cpu.max": "garbage", "cpu/cpu.cfs_quota_us": "400000", "cpu/cpu.cfs_period_us": "100000"}, 4),
+    ],
+)
 def test_available_cores(cgroup, files, want):
     for rel, text in files.items():
         cgroup(rel, text)
@@ -172,6 +182,7 @@ def test_available_cores_without_affinity(cgroup, monkeypatch):
 
 # ------------------------------------------------------------------------------------------ where it is recorded
 
+
 def test_training_records_resolved_precision(tmp_path, monkeypatch, data_dir):
     """precision auto on an AVX2-only CPU: fp32 in config.yaml, log.jsonl's start line and the TrainResult;
     the default thread count comes from available_cores()."""
@@ -181,8 +192,19 @@ def test_training_records_resolved_precision(tmp_path, monkeypatch, data_dir):
     fake_cpu(monkeypatch, "AVX2")
     monkeypatch.setattr(hardware, "available_cores", lambda: 1)
     out = tmp_path / "run"
-    cfg = load_config(None, ["model.name=tiny-gpt2", "data.train_size=8", "data.dev_size=2", "data.max_length=48",
-                             "method.mlp_hidden=8", "train.batch_size=4", "train.max_steps=1", f"out_dir={out}"])
+    cfg = load_config(
+        None,
+        [
+            "model.name=tiny-gpt2",
+            "data.train_size=8",
+            "data.dev_size=2",
+            "data.max_length=48",
+            "method.mlp_hidden=8",
+            "train.batch_size=4",
+            "train.max_steps=1",
+            f"out_dir={out}",
+        ],
+    )
     assert cfg.train.precision == "auto" and cfg.train.num_threads is None  # the defaults are what is tested
     res = train(cfg)
     assert res.precision == "fp32" and res.threads == 1 == torch.get_num_threads()
@@ -195,13 +217,30 @@ def test_training_records_resolved_precision(tmp_path, monkeypatch, data_dir):
 
 # ------------------------------------------------------------------------------------------ tables
 
+
 def _run(name: str, train: str, decode: str | None = None, *, recorded: bool = True) -> dict:
-    cfg = {"model": {"name": "tiny-gpt2"}, "data": {"train_size": 16}, "method": {"init": "random"},
-           "train": {"lr": 1e-3, "batch_size": 4, "max_steps": 6, "epochs": 5, "precision": train},
-           "decode": {"beam_size": 2, "max_new_tokens": 12, "precision": decode or train}}
-    run = {"name": name, "prefix_length": 5, "metrics": {"BLEU": 0.5}, "metrics_signature": "sig", "test_mrs": 8,
-           "best_dev_loss": 1.0, "stored_params": 10, "checkpoint_bytes": 1000, "seconds_per_epoch": 1.0,
-           "train_seconds": 6.0, "steps": 6, "cpu": "CPU capability AVX2", "config": cfg}
+    cfg = {
+        "model": {"name": "tiny-gpt2"},
+        "data": {"train_size": 16},
+        "method": {"init": "random"},
+        "train": {"lr": 1e-3, "batch_size": 4, "max_steps": 6, "epochs": 5, "precision": train},
+        "decode": {"beam_size": 2, "max_new_tokens": 12, "precision": decode or train},
+    }
+    run = {
+        "name": name,
+        "prefix_length": 5,
+        "metrics": {"BLEU": 0.5},
+        "metrics_signature": "sig",
+        "test_mrs": 8,
+        "best_dev_loss": 1.0,
+        "stored_params": 10,
+        "checkpoint_bytes": 1000,
+        "seconds_per_epoch": 1.0,
+        "train_seconds": 6.0,
+        "steps": 6,
+        "cpu": "CPU capability AVX2",
+        "config": cfg,
+    }
     if recorded:  # results written before `auto` existed have the precision only in their config
         run["precision"] = {"train": train, "decode": decode or train}
     return run
@@ -215,8 +254,12 @@ def _precision_cells(table: str) -> dict[str, str]:
 def test_table_flags_mixed_precisions():
     from prefix_tuning.report import make_table
 
-    table = make_table({"experiment": "ablation", "runs": [_run("r1", "bf16"), _run("r2", "fp32"),
-                                                           _run("r3", "fp32", "bf16", recorded=False)]})
+    table = make_table(
+        {
+            "experiment": "ablation",
+            "runs": [_run("r1", "bf16"), _run("r2", "fp32"), _run("r3", "fp32", "bf16", recorded=False)],
+        }
+    )
     assert "**Mixed precisions** (train/decode): bf16, fp32, fp32/bf16;" in table
     assert _precision_cells(table) == {"r1": "bf16", "r2": "fp32", "r3": "fp32/bf16"}
 

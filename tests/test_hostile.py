@@ -55,8 +55,37 @@ def run(prop, examples: int, *strategies) -> None:
 
 # ------------------------------------------------------------------------------------------ strategies
 
-PIECES = ['"', "'", ",", "\t", "\r\n", "\n", "\r", "\x00", "\ufeff", "\x85", "\u2028", "\x1c", "\xa0", " ", "  ",
-          "[", "]", "name", "[A]", "mr", "ref", "output", "é", "£", "中", "😀", "|||", "<skipped>", "&amp;"]
+PIECES = [
+    '"',
+    "'",
+    ",",
+    "\t",
+    "\r\n",
+    "\n",
+    "\r",
+    "\x00",
+    "\ufeff",
+    "\x85",
+    "\u2028",
+    "\x1c",
+    "\xa0",
+    " ",
+    "  ",
+    "[",
+    "]",
+    "name",
+    "[A]",
+    "mr",
+    "ref",
+    "output",
+    "é",
+    "£",
+    "中",
+    "😀",
+    "|||",
+    "<skipped>",
+    "&amp;",
+]
 BAD_UTF8 = [b"\xff", b"\xc3", b"\xed\xa0\x80", b"\xe9", b"\xf4\x90\x80\x80"]
 piece = st.sampled_from(PIECES)
 
@@ -69,8 +98,9 @@ def repeated(most: int) -> st.SearchStrategy[str]:
 hostile_text = st.one_of(st.lists(st.one_of(piece, st.text(max_size=6)), max_size=30).map("".join), repeated(200_000))
 hostile_bytes = st.one_of(
     st.binary(max_size=200),
-    st.lists(st.one_of(piece.map(str.encode), st.sampled_from(BAD_UTF8), st.binary(max_size=4)), max_size=40)
-    .map(b"".join),
+    st.lists(st.one_of(piece.map(str.encode), st.sampled_from(BAD_UTF8), st.binary(max_size=4)), max_size=40).map(
+        b"".join
+    ),
     hostile_text.map(lambda t: t.encode("utf-8")),
 )
 
@@ -118,6 +148,7 @@ def test_mr_parser_raises_only_data_error(scale):
 
 def test_mr_parser_accepts_what_the_regex_accepted(scale):
     """Same slots, same rejections as the original regex parser (on short texts, where it is fast)."""
+
     def prop(mr: str) -> None:
         try:
             new = parse_mr(mr)
@@ -150,6 +181,7 @@ def test_mr_parser_is_linear_on_runs_of_spaces():
 
 
 # -------------------------------------------------------------------------------------- E2E readers
+
 
 def write_csv(root: Path, raw: bytes, kind: str) -> tuple[str, str]:
     """The file a split is read from, in one of the three layouts; returns (variant, name in messages)."""
@@ -222,11 +254,20 @@ def test_damaged_archives_raise_data_error(scale, tmp_path_factory):
                 warnings.simplefilter("ignore")
                 load_e2e("train", variant="official" if kind == "zip" else "cleaned", data_dir=root, on_error="skip")
         except DataError as err:  # the archive at line 1, a CSV row at its line, or a member gone (no line)
-            assert re.match(rf"({re.escape(str(f))}|e2e-dataset\.zip:e2e-dataset/trainset\.csv):\d+: "
-                            r"|e2e-dataset\.zip: no member trainset\.csv", str(err)), str(err)
+            assert re.match(
+                rf"({re.escape(str(f))}|e2e-dataset\.zip:e2e-dataset/trainset\.csv):\d+: "
+                r"|e2e-dataset\.zip: no member trainset\.csv",
+                str(err),
+            ), str(err)
 
-    run(prop, 150 * scale, st.binary(min_size=1, max_size=300).map(lambda b: b"mr,ref\n" + b * 3),
-        st.sampled_from(["zip", "gz"]), st.integers(0, 10_000), st.integers(1, 255))
+    run(
+        prop,
+        150 * scale,
+        st.binary(min_size=1, max_size=300).map(lambda b: b"mr,ref\n" + b * 3),
+        st.sampled_from(["zip", "gz"]),
+        st.integers(0, 10_000),
+        st.integers(1, 255),
+    )
 
 
 def _damage(kind: str) -> tuple[str, bytes]:
@@ -241,7 +282,7 @@ def _damage(kind: str) -> tuple[str, bytes]:
         data[30 + len("e2e-dataset/trainset.csv")] = 0xFF  # zlib.error
     else:  # compression method 1 (shrink) in the central directory: NotImplementedError
         central = data.index(b"PK\x01\x02")
-        data[central + 10:central + 12] = (1).to_bytes(2, "little")
+        data[central + 10 : central + 12] = (1).to_bytes(2, "little")
     return "zip", bytes(data)
 
 
@@ -262,6 +303,7 @@ def test_damaged_archive_findings(tmp_path, kind):
 
 
 # ---------------------------------------------------------------------------------- metric readers
+
 
 def test_metric_readers_raise_only_eval_input_error(scale, tmp_path_factory):
     folder = tmp_path_factory.mktemp("eval")
@@ -286,8 +328,15 @@ def test_metric_readers_raise_only_eval_input_error(scale, tmp_path_factory):
         except EvalInputError as err:
             line_of(err, str(refs_path if str(err).startswith(str(refs_path)) else out_path), r", line (\d+): ")
 
-    run(prop, 200 * scale, hostile_bytes, hostile_bytes, st.sampled_from(["txt", "csv", "tsv", "CSV"]),
-        st.sampled_from(["txt", "csv", "tsv"]), mrs)
+    run(
+        prop,
+        200 * scale,
+        hostile_bytes,
+        hostile_bytes,
+        st.sampled_from(["txt", "csv", "tsv", "CSV"]),
+        st.sampled_from(["txt", "csv", "tsv"]),
+        mrs,
+    )
 
 
 def test_csv_field_over_the_limit_finding(tmp_path):
@@ -300,20 +349,89 @@ def test_csv_field_over_the_limit_finding(tmp_path):
 
 # ---------------------------------------------------------------------------------------------- config
 
-SCALARS = ["1", "-1", "0", "1e-4", "8.0e-5", ".nan", ".inf", "null", "~", "true", "no", "never", "fp16", "cleaned",
-           "2001-02-30", "2001-02-03", "!!timestamp x", "!!binary ###", "!!python/object:os.system x", "1" * 5000,
-           "0x" + "f" * 5000, "-0x" + "f" * 5000, "[" * 50, "{a: 1}", "[1, 2]", "&a x", "*a", "*b", "'quoted'",
-           '"\\x00"', '"\\ud800"', "|", "%"]
-KEYS = ["model", "name", "data", "variant", "train", "lr", "epochs", "batch_size", "grad_accum", "precision",
-        "decode", "early_stopping", "min_new_tokens", "out_dir", "<<", "? x", "- x", "1", "null", "lrr"]
-yaml_line = st.tuples(st.sampled_from(["", "  ", "    ", "\t", "- "]), st.sampled_from(KEYS),
-                      st.sampled_from([": ", ":", " : ", ": &a ", ": &b\n  "]),
-                      st.one_of(st.sampled_from(SCALARS), st.text(max_size=8))).map("".join)
+SCALARS = [
+    "1",
+    "-1",
+    "0",
+    "1e-4",
+    "8.0e-5",
+    ".nan",
+    ".inf",
+    "null",
+    "~",
+    "true",
+    "no",
+    "never",
+    "fp16",
+    "cleaned",
+    "2001-02-30",
+    "2001-02-03",
+    "!!timestamp x",
+    "!!binary ###",
+    "!!python/object:os.system x",
+    "1" * 5000,
+    "0x" + "f" * 5000,
+    "-0x" + "f" * 5000,
+    "[" * 50,
+    "{a: 1}",
+    "[1, 2]",
+    "&a x",
+    "*a",
+    "*b",
+    "'quoted'",
+    '"\\x00"',
+    '"\\ud800"',
+    "|",
+    "%",
+]
+KEYS = [
+    "model",
+    "name",
+    "data",
+    "variant",
+    "train",
+    "lr",
+    "epochs",
+    "batch_size",
+    "grad_accum",
+    "precision",
+    "decode",
+    "early_stopping",
+    "min_new_tokens",
+    "out_dir",
+    "<<",
+    "? x",
+    "- x",
+    "1",
+    "null",
+    "lrr",
+]
+yaml_line = st.tuples(
+    st.sampled_from(["", "  ", "    ", "\t", "- "]),
+    st.sampled_from(KEYS),
+    st.sampled_from([": ", ":", " : ", ": &a ", ": &b\n  "]),
+    st.one_of(st.sampled_from(SCALARS), st.text(max_size=8)),
+).map("".join)
 yaml_text = st.one_of(st.lists(yaml_line, max_size=12).map("\n".join).map(str.encode), hostile_bytes)
-override = st.one_of(st.tuples(st.sampled_from(["train.lr", "decode.early_stopping", "train", "model.name",
-                                                "train.precision", "data.variant", "x", " -train.epochs"]),
-                               st.sampled_from(["=", ""]), st.one_of(st.sampled_from(SCALARS), st.text(max_size=8)))
-                     .map("".join), st.text(max_size=20))
+override = st.one_of(
+    st.tuples(
+        st.sampled_from(
+            [
+                "train.lr",
+                "decode.early_stopping",
+                "train",
+                "model.name",
+                "train.precision",
+                "data.variant",
+                "x",
+                " -train.epochs",
+            ]
+        ),
+        st.sampled_from(["=", ""]),
+        st.one_of(st.sampled_from(SCALARS), st.text(max_size=8)),
+    ).map("".join),
+    st.text(max_size=20),
+)
 
 
 def test_config_loader_raises_only_config_error(scale, tmp_path_factory):
@@ -339,17 +457,24 @@ def test_config_loader_raises_only_config_error(scale, tmp_path_factory):
     run(prop, 250 * scale, yaml_text, st.lists(override, max_size=3))
 
 
-@pytest.mark.parametrize("text,overrides,match", [
-    (b"train:\n  lr: \xff\n", [], r":2: not valid UTF-8"),  # UnicodeDecodeError
-    (b"train: " + b"[" * 5000, [], r":1: invalid YAML \(nested too deeply\)"),  # RecursionError
-    (b"train:\n  seed: 2001-02-30\n", [], r":2: invalid YAML value '2001-02-30' \(day is out of range"),  # ValueError
-    (b"train:\n  seed: !!timestamp x\n", [], r":2: invalid YAML value 'x'"),  # AttributeError
-    (b"train:\n  seed: " + b"1" * 5000 + b"\n", [], r":2: invalid YAML value '1111"),  # ValueError (int digits)
-    (b"train: 5\n", ["train.lr=1"], r":1: train: expected a mapping, got 5"),  # TypeError in apply_overrides
-    (b"train: [1]\n", ["train.lr=1"], r":1: train: expected a mapping, got \[1\]"),  # AttributeError
-    (b"", ["train.lr=["], r": override 'train.lr=\[': the value is not valid YAML"),  # yaml.ParserError
-    (b"", ["train.lr=!!timestamp x"], r": override .* the value is not valid YAML"),  # AttributeError
-])
+@pytest.mark.parametrize(
+    "text,overrides,match",
+    [
+        (b"train:\n  lr: \xff\n", [], r":2: not valid UTF-8"),  # UnicodeDecodeError
+        (b"train: " + b"[" * 5000, [], r":1: invalid YAML \(nested too deeply\)"),  # RecursionError
+        (
+            b"train:\n  seed: 2001-02-30\n",
+            [],
+            r":2: invalid YAML value '2001-02-30' \(day is out of range",
+        ),  # ValueError
+        (b"train:\n  seed: !!timestamp x\n", [], r":2: invalid YAML value 'x'"),  # AttributeError
+        (b"train:\n  seed: " + b"1" * 5000 + b"\n", [], r":2: invalid YAML value '1111"),  # ValueError (int digits)
+        (b"train: 5\n", ["train.lr=1"], r":1: train: expected a mapping, got 5"),  # TypeError in apply_overrides
+        (b"train: [1]\n", ["train.lr=1"], r":1: train: expected a mapping, got \[1\]"),  # AttributeError
+        (b"", ["train.lr=["], r": override 'train.lr=\[': the value is not valid YAML"),  # yaml.ParserError
+        (b"", ["train.lr=!!timestamp x"], r": override .* the value is not valid YAML"),  # AttributeError
+    ],
+)
 def test_config_findings(tmp_path, text, overrides, match):
     """Findings: each of these raised the error in its comment out of load_config."""
     path = tmp_path / "c.yaml"
@@ -360,9 +485,13 @@ def test_config_findings(tmp_path, text, overrides, match):
 
 # ---------------------------------------------------------------------------------------------- metrics
 
-hostile_output = st.one_of(st.just(""), st.text(st.sampled_from(" \t\u3000\xa0\u2028\x85\x1c"), max_size=5),
-                           repeated(5_000), st.lists(st.one_of(piece, st.text(max_size=6)), max_size=30).map("".join),
-                           st.text(max_size=40))
+hostile_output = st.one_of(
+    st.just(""),
+    st.text(st.sampled_from(" \t\u3000\xa0\u2028\x85\x1c"), max_size=5),
+    repeated(5_000),
+    st.lists(st.one_of(piece, st.text(max_size=6)), max_size=30).map("".join),
+    st.text(max_size=40),
+)
 reference = st.text(min_size=1, max_size=40).filter(lambda t: re.search(r"[A-Za-z0-9]", t))
 
 
@@ -372,19 +501,28 @@ def test_bleu_nist_never_crash(scale):
         result = score(refs, hyps, ["BLEU", "NIST"])
         assert 0.0 <= result["BLEU"] <= 1.0 and math.isfinite(result["NIST"]) and result["NIST"] >= 0.0
 
-    run(prop, 100 * scale, st.lists(st.tuples(st.lists(reference, min_size=1, max_size=3), hostile_output),
-                                    min_size=1, max_size=6))
+    run(
+        prop,
+        100 * scale,
+        st.lists(st.tuples(st.lists(reference, min_size=1, max_size=3), hostile_output), min_size=1, max_size=6),
+    )
 
 
 def test_rouge_cider_never_crash(scale):
     """ROUGE_L and CIDEr themselves are pure Python on the tokenizer's output; any text stands in for it."""
+
     def prop(data: list[tuple[list[str], str]]) -> None:
         refs, hyps = [r for r, _ in data], [h for _, h in data]
         rouge, cider = coco.rouge_l(refs, hyps), coco.cider_d(refs, hyps)
         assert 0.0 <= rouge <= 1.0 and math.isfinite(cider) and cider >= 0.0
 
-    run(prop, 100 * scale, st.lists(st.tuples(st.lists(st.text(max_size=30), min_size=1, max_size=3), hostile_output),
-                                    min_size=1, max_size=6))
+    run(
+        prop,
+        100 * scale,
+        st.lists(
+            st.tuples(st.lists(st.text(max_size=30), min_size=1, max_size=3), hostile_output), min_size=1, max_size=6
+        ),
+    )
 
 
 def test_score_input_findings():
@@ -399,14 +537,27 @@ def test_score_input_findings():
 
 
 @needs_java
-@pytest.mark.parametrize("metrics", [
-    pytest.param(["BLEU", "NIST", "ROUGE_L", "CIDEr"], id="tokenizer"),
-    pytest.param(None, id="meteor", marks=pytest.mark.slow),  # METEOR's JVM: ~5 s idle, ~20 s on busy cores
-])
+@pytest.mark.parametrize(
+    "metrics",
+    [
+        pytest.param(["BLEU", "NIST", "ROUGE_L", "CIDEr"], id="tokenizer"),
+        pytest.param(None, id="meteor", marks=pytest.mark.slow),  # METEOR's JVM: ~5 s idle, ~20 s on busy cores
+    ],
+)
 def test_java_metrics_on_hostile_outputs(metrics):
     """Through the Java tokenizer (ROUGE_L, CIDEr) and METEOR: one example, as each call starts a JVM."""
-    hyps = ["", "   ", "\u3000\xa0", "café 中文 😀 \x00 \x1c \u2028 \x85 x", "a ||| b  c", "word " * 500,
-            "<skipped> &amp; \"quoted\" 'x'", "\ufeff\u200b", "-LRB- ( ) [ ] { }", "E2E\r\nline\rbreaks"]
+    hyps = [
+        "",
+        "   ",
+        "\u3000\xa0",
+        "café 中文 😀 \x00 \x1c \u2028 \x85 x",
+        "a ||| b  c",
+        "word " * 500,
+        "<skipped> &amp; \"quoted\" 'x'",
+        "\ufeff\u200b",
+        "-LRB- ( ) [ ] { }",
+        "E2E\r\nline\rbreaks",
+    ]
     refs = [["The Eagle is a pub.", "A pub: The Eagle."], ["Café Rouge serves £20-25 food."]] * 5
     result = score(refs, hyps, metrics)
     assert list(result) == (metrics or ["BLEU", "NIST", "METEOR", "ROUGE_L", "CIDEr"])

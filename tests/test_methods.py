@@ -26,11 +26,26 @@ METHODS = {
     "lora": ["method.name=lora", "method.lora_rank=2"],
     "embedding-only": ["method.name=prefix", "method.embedding_only=true", "method.prefix_length=3"],
 }
-FILES = {"finetune-top": "top.safetensors", "adapter": "adapter.safetensors", "adapter-fraction": "adapter.safetensors",
-         "lora": "lora.safetensors", "embedding-only": "prompt.safetensors", "infix": "infix.safetensors"}
-TINY = ["data.train_size=12", "data.dev_size=4", "data.max_length=64", "train.batch_size=4", "train.lr=1e-2",
-        "train.precision=fp32", "decode.precision=fp32", "decode.beam_size=2", "decode.max_new_tokens=6",
-        "decode.min_new_tokens=1"]
+FILES = {
+    "finetune-top": "top.safetensors",
+    "adapter": "adapter.safetensors",
+    "adapter-fraction": "adapter.safetensors",
+    "lora": "lora.safetensors",
+    "embedding-only": "prompt.safetensors",
+    "infix": "infix.safetensors",
+}
+TINY = [
+    "data.train_size=12",
+    "data.dev_size=4",
+    "data.max_length=64",
+    "train.batch_size=4",
+    "train.lr=1e-2",
+    "train.precision=fp32",
+    "decode.precision=fp32",
+    "decode.beam_size=2",
+    "decode.max_new_tokens=6",
+    "decode.min_new_tokens=1",
+]
 
 
 def _ids(B: int, T: int, seed: int = 0) -> torch.Tensor:
@@ -67,8 +82,11 @@ def test_step_touches_only_the_method_and_reloads(method_name, model_name, tmp_p
         opt.step()
     state = model.state_dict()
     changed = {k for k in base if not torch.equal(state[k], base[k])}
-    assert changed == ({k for k in base if k.startswith(("transformer.h.1.", "model.layers.1."))}
-                       if method_name == "finetune-top" else set())
+    assert changed == (
+        {k for k in base if k.startswith(("transformer.h.1.", "model.layers.1."))}
+        if method_name == "finetune-top"
+        else set()
+    )
     method.eval_mode()
     save_config(cfg, RunDir(tmp_path).config)
     path = save_artifact(RunDir(tmp_path), method, cfg)
@@ -103,11 +121,14 @@ def test_train_and_generate_every_method(tmp_path, data_dir):
     """The training loop + `generate` on real E2E MRs for each method; prefix and embedding-only runs decode in
     one call (grouped apart: their artifacts differ); outputs equal a separate decode of each run."""
     dirs = []
-    for name, args in [("prefix", ["method.prefix_length=2", "method.mlp_hidden=8"])] + \
-            [(m, METHODS[m]) for m in ("adapter", "lora", "finetune-top", "embedding-only")] + \
-            [("infix", ["method.position=infix", "method.prefix_length=2", "method.mlp_hidden=8"])]:
-        res = train(load_config(None, ["model.name=tiny-gpt2", "train.max_steps=2", f"out_dir={tmp_path / name}",
-                                       *TINY, *args]))
+    for name, args in (
+        [("prefix", ["method.prefix_length=2", "method.mlp_hidden=8"])]
+        + [(m, METHODS[m]) for m in ("adapter", "lora", "finetune-top", "embedding-only")]
+        + [("infix", ["method.position=infix", "method.prefix_length=2", "method.mlp_hidden=8"])]
+    ):
+        res = train(
+            load_config(None, ["model.name=tiny-gpt2", "train.max_steps=2", f"out_dir={tmp_path / name}", *TINY, *args])
+        )
         assert res.artifact.name == FILES.get(name, "prefix.safetensors") and res.artifact.is_file()
         assert not (res.run_dir / "model.safetensors").exists()
         dirs.append(res.run_dir)
@@ -138,8 +159,8 @@ def test_infix_is_tokens_between_table_and_separator(model_name):
     mask = torch.tensor([[1] * len(r) + [0] * (T - len(r)) for r in rows])
     for i, (r, s) in enumerate(zip(rows, seps)):
         got = infix_logits(model, infixes[i], ids, mask, eos)[i]  # (T, V) in the layout of ids
-        full = model(input_ids=torch.tensor([r[:s] + w + r[s:]])).logits[0, s + 3:]
-        assert (got[s:len(r)] - full).abs().max() <= 1e-4
+        full = model(input_ids=torch.tensor([r[:s] + w + r[s:]])).logits[0, s + 3 :]
+        assert (got[s : len(r)] - full).abs().max() <= 1e-4
         assert (model(input_ids=torch.tensor([r])).logits[0, s:] - full).abs().max() > 1e-3  # the infix matters
     cfg = DecodeConfig(beam_size=2, max_new_tokens=6, min_new_tokens=1, ban_newlines=False, precision="fp32")
     texts = decode(model, tok, TABLES, infixes, cfg, prefix_index=[0, 1], position="infix")
@@ -149,8 +170,16 @@ def test_infix_is_tokens_between_table_and_separator(model_name):
 
 
 def test_infix_step_touches_only_the_infix_and_reloads(tmp_path):
-    cfg = load_config(None, ["model.name=tiny-gpt2", f"out_dir={tmp_path}", "method.position=infix",
-                             "method.prefix_length=2", "method.mlp_hidden=8"])
+    cfg = load_config(
+        None,
+        [
+            "model.name=tiny-gpt2",
+            f"out_dir={tmp_path}",
+            "method.position=infix",
+            "method.prefix_length=2",
+            "method.mlp_hidden=8",
+        ],
+    )
     model, tok = build_tiny("tiny-gpt2"), load_tokenizer("tiny-gpt2")
     base = {k: v.clone() for k, v in model.state_dict().items()}
     method = build_method(cfg.method, model, tok, seed=1)
@@ -168,5 +197,7 @@ def test_infix_step_touches_only_the_infix_and_reloads(tmp_path):
     assert save_artifact(RunDir(tmp_path), method, cfg).name == "infix.safetensors"
     run = load_run(tmp_path)
     with torch.no_grad():
-        assert torch.equal(infix_logits(run.model, run.prefix, ids, torch.ones_like(ids), tok.eos_token_id),
-                           method.forward(ids, torch.ones_like(ids)))
+        assert torch.equal(
+            infix_logits(run.model, run.prefix, ids, torch.ones_like(ids), tok.eos_token_id),
+            method.forward(ids, torch.ones_like(ids)),
+        )

@@ -128,9 +128,7 @@ def test_golden_tgen_row_and_unseen_outputs(tgen: tuple[list[list[str]], list[st
 def test_bleu_nist_without_java_on_unseen_outputs(tgen: tuple[list[list[str]], list[str]]) -> None:
     refs, hyps = tgen
     assert_official(score(refs, hyps, ["BLEU", "NIST"]), {k: GOLDEN_TGEN[k] for k in ("BLEU", "NIST")})
-    assert_official(
-        score(refs, perturb(hyps), ["BLEU", "NIST"]), {k: DERIVED_PERTURBED[k] for k in ("BLEU", "NIST")}
-    )
+    assert_official(score(refs, perturb(hyps), ["BLEU", "NIST"]), {k: DERIVED_PERTURBED[k] for k in ("BLEU", "NIST")})
     short = [" ".join(h.split()[:2]) for h in hyps[:40]]
     assert_official(score(refs[:40], short, ["BLEU", "NIST"]), DERIVED_SHORT40)
     assert_official(score(refs[:100], hyps[100:200], ["BLEU", "NIST"]), DERIVED_SHUFFLED)
@@ -235,9 +233,7 @@ def test_lcs_matches_dynamic_programming() -> None:
         table = [[0] * (len(b) + 1) for _ in range(len(a) + 1)]
         for i in range(1, len(a) + 1):
             for j in range(1, len(b) + 1):
-                table[i][j] = (
-                    table[i - 1][j - 1] + 1 if a[i - 1] == b[j - 1] else max(table[i - 1][j], table[i][j - 1])
-                )
+                table[i][j] = table[i - 1][j - 1] + 1 if a[i - 1] == b[j - 1] else max(table[i - 1][j], table[i][j - 1])
         assert coco.lcs_length(a, b) == table[-1][-1]
 
 
@@ -335,9 +331,7 @@ def test_bad_outputs_raise_clear_errors(
 ) -> None:
     path = tmp_path / name
     path.write_bytes(content)
-    with pytest.raises(
-        EvalInputError, match=message.replace("(", r"\(").replace(")", r"\)").replace("[", r"\[")
-    ):
+    with pytest.raises(EvalInputError, match=message.replace("(", r"\(").replace(")", r"\)").replace("[", r"\[")):
         read_outputs(path, mrs)
     assert issubclass(EvalInputError, ValueError)
 

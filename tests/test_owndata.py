@@ -27,8 +27,13 @@ def _rows_text(fmt: str) -> str:
     rows = [json.loads(line) for line in TINY.read_text().splitlines()]
     sep = "\t" if fmt == "tsv" else ","
     quote = (lambda v: v) if fmt == "tsv" else (lambda v: '"' + v.replace('"', '""') + '"')
-    return "\n".join([sep.join(["source", "target", "group"])] +
-                     [sep.join(quote(r[k]) for k in ("source", "target", "group")) for r in rows]) + "\n"
+    return (
+        "\n".join(
+            [sep.join(["source", "target", "group"])]
+            + [sep.join(quote(r[k]) for k in ("source", "target", "group")) for r in rows]
+        )
+        + "\n"
+    )
 
 
 @pytest.mark.parametrize("fmt", ["jsonl", "csv", "tsv"])
@@ -51,12 +56,15 @@ def test_field_names_are_configurable(tmp_path):
     assert owndata.load_rows(p, source_field="mr", target_field="text")[0].source == "a : b"
 
 
-@pytest.mark.parametrize("line, match", [
-    ('{"source": "a"}', r"d.jsonl:2: field 'target' missing"),
-    ('{"source": "a", "target": ""}', r"d.jsonl:2: field 'target' ''"),
-    ('{"source": "a", "target": "x"', r"d.jsonl:2: invalid JSON"),
-    ('["a", "b"]', r"d.jsonl:2: a JSON list"),
-])
+@pytest.mark.parametrize(
+    "line, match",
+    [
+        ('{"source": "a"}', r"d.jsonl:2: field 'target' missing"),
+        ('{"source": "a", "target": ""}', r"d.jsonl:2: field 'target' ''"),
+        ('{"source": "a", "target": "x"', r"d.jsonl:2: invalid JSON"),
+        ('["a", "b"]', r"d.jsonl:2: a JSON list"),
+    ],
+)
 def test_errors_name_file_line_and_field(tmp_path, line, match):
     p = tmp_path / "d.jsonl"
     p.write_text('{"source": "s", "target": "t"}\n' + line + "\n")
@@ -82,7 +90,12 @@ def test_configs_load():
     for method, lr in [("prefix", 5e-5), ("finetune", 5e-5)]:
         w = load_config(REPO / "configs" / f"webnlg_{method}_gpt2-medium.yaml")
         assert (w.data.dataset, w.method.name, w.train.lr, w.train.batch_size, w.train.epochs) == (
-            "webnlg", method, lr, 5, 5)
+            "webnlg",
+            method,
+            lr,
+            5,
+            5,
+        )
     assert load_config(REPO / "configs" / "webnlg_prefix_gpt2-medium.yaml").method.prefix_length == 5
     with pytest.raises(ConfigError, match="data.train: required"):
         load_config(None, ["data.dataset=custom"])
@@ -110,14 +123,42 @@ def test_custom_example_trains_and_generates(tmp_path, monkeypatch):
     scores = json.loads((run / "scores-test.json").read_text())
     assert "BLEU" in scores and set(scores["groups"]) == {"restaurant", "city"}
     assert [scores["groups"][g]["n_sources"] for g in ("restaurant", "city")] == [2, 2]
-    assert main(["evaluate", "--dataset", "custom", "--group-field", "group", str(TINY), str(run / "outputs-test.txt"),
-                 "--metrics", "BLEU,NIST", "--json"]) == 0
+    assert (
+        main(
+            [
+                "evaluate",
+                "--dataset",
+                "custom",
+                "--group-field",
+                "group",
+                str(TINY),
+                str(run / "outputs-test.txt"),
+                "--metrics",
+                "BLEU,NIST",
+                "--json",
+            ]
+        )
+        == 0
+    )
 
 
 def test_webnlg_trains_generates_and_evaluates(tmp_path, capsys):
     run = tmp_path / "w"
-    assert main(["train", str(REPO / "configs" / "tiny_prefix.yaml"), "data.dataset=webnlg", "data.train_size=8",
-                 "data.max_length=320", "train.max_steps=2", "train.precision=fp32", f"out_dir={run}"]) == 0
+    assert (
+        main(
+            [
+                "train",
+                str(REPO / "configs" / "tiny_prefix.yaml"),
+                "data.dataset=webnlg",
+                "data.train_size=8",
+                "data.max_length=320",
+                "train.max_steps=2",
+                "train.precision=fp32",
+                f"out_dir={run}",
+            ]
+        )
+        == 0
+    )
     assert main(["generate", str(run), "--limit", "4", "--max-new-tokens", "6", *WEBNLG_FAST]) == 0
     scores = json.loads((run / "scores-test.json").read_text())
     assert set(scores) >= {"S", "U", "A"} and set(scores["A"]) == {"BLEU", "TER"}
@@ -127,8 +168,9 @@ def test_webnlg_trains_generates_and_evaluates(tmp_path, capsys):
     hyps = tmp_path / "dev.txt"
     hyps.write_text("".join(g.refs[0] + "\n" for g in webnlg.decode_groups(entries)))
     capsys.readouterr()
-    assert main(["evaluate", "--dataset", "webnlg", "--split", "dev", str(hyps), "--metrics", "BLEU,TER",
-                 "--json"]) == 0
+    assert (
+        main(["evaluate", "--dataset", "webnlg", "--split", "dev", str(hyps), "--metrics", "BLEU,TER", "--json"]) == 0
+    )
     res = json.loads(capsys.readouterr().out)
     assert set(res) >= {"S", "A"} and "U" not in res and res["A"]["BLEU"] > 0.99  # dev has seen categories only
     assert main(["evaluate", "--dataset", "webnlg", "--split", "test", str(hyps)]) == 2

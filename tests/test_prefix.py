@@ -31,7 +31,7 @@ def test_own_activations_as_prefix_reproduce_full_logits(name):
     ids = _ids(3, 14)
     full = model(input_ids=ids).logits  # (B, T, V)
     k = 5
-    prefix = torch.stack([activations_of(model, ids[i:i + 1, :k]) for i in range(3)])  # (B, L, 2, KV, P, D)
+    prefix = torch.stack([activations_of(model, ids[i : i + 1, :k]) for i in range(3)])  # (B, L, 2, KV, P, D)
     out = model(**prefix_inputs(prefix, ids[:, k:])).logits
     assert (out - full[:, k:]).abs().max() <= 1e-5
     # and a wrong position offset would break it (the test can fail)

@@ -76,18 +76,22 @@ def test_negative_control_in_place_cache_breaks_under_recompute(model_name):
         model(**kw).logits.sum().backward()
 
 
-
 def test_train_with_gradient_checkpointing_ends_equal(tmp_path, data_dir):
     from test_train import _cfg, _prefix  # the tiny E2E recipe of the training tests
 
     from prefix_tuning.train import train
+
     a = train(_cfg(tmp_path, "train.max_steps=2", "train.eval_every_epoch=false", name="a"))
-    b = train(_cfg(tmp_path, "train.max_steps=2", "train.eval_every_epoch=false",
-                   "train.gradient_checkpointing=true", name="b"))
+    b = train(
+        _cfg(
+            tmp_path, "train.max_steps=2", "train.eval_every_epoch=false", "train.gradient_checkpointing=true", name="b"
+        )
+    )
     assert torch.allclose(_prefix(a.run_dir), _prefix(b.run_dir), atol=1e-5)
 
 
 # ------------------------------------------------------------------------------------------ group_by_length
+
 
 def _padding(groups: list[list[int]], lengths: list[int]) -> float:
     """Fraction of padded positions when each batch is padded to its longest example."""
@@ -117,19 +121,44 @@ def test_group_by_length_pure_covers_all_and_pads_less(data_dir):
 # ------------------------------------------------------------------------------------------ several processes
 
 REPO = Path(__file__).resolve().parents[1]
-LAUNCH = ["model.name=tiny-gpt2", "data.train_size=16", "data.dev_size=5", "data.max_length=64", "method.mlp_hidden=16",
-          "train.batch_size=4", "train.lr=1e-2", "train.save_every=2", "train.precision=fp32", "train.device=cpu",
-          "train.eval_steps=2", "train.num_threads=1", "decode.precision=fp32"]
+LAUNCH = [
+    "model.name=tiny-gpt2",
+    "data.train_size=16",
+    "data.dev_size=5",
+    "data.max_length=64",
+    "method.mlp_hidden=16",
+    "train.batch_size=4",
+    "train.lr=1e-2",
+    "train.save_every=2",
+    "train.precision=fp32",
+    "train.device=cpu",
+    "train.eval_steps=2",
+    "train.num_threads=1",
+    "decode.precision=fp32",
+]
 
 
 def _env() -> dict[str, str]:
-    return {**os.environ, "PYTHONPATH": str(REPO / "src") + os.pathsep + os.environ.get("PYTHONPATH", ""),
-            "OMP_NUM_THREADS": "1"}
+    return {
+        **os.environ,
+        "PYTHONPATH": str(REPO / "src") + os.pathsep + os.environ.get("PYTHONPATH", ""),
+        "OMP_NUM_THREADS": "1",
+    }
 
 
 def _torchrun(n: int, *args: str, **kw) -> subprocess.Popen:
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", str(n), "--master-port", str(_port()),
-           "-m", "prefix_tuning.cli", *args]
+    cmd = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--nproc-per-node",
+        str(n),
+        "--master-port",
+        str(_port()),
+        "-m",
+        "prefix_tuning.cli",
+        *args,
+    ]
     return subprocess.Popen(cmd, env=_env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, **kw)
 
 
@@ -220,9 +249,22 @@ def test_two_processes_decode_like_one(tmp_path, data_dir):
 
     from prefix_tuning.generate import generate_run
     from prefix_tuning.train import train
+
     run = train(_cfg(tmp_path, "train.max_steps=1", "train.eval_every_epoch=false")).run_dir
-    opts = ["--split", "dev", "--limit", "7", "--no-scores", "--quiet", "--beam-size", "2", "--max-new-tokens", "12",
-            "--device", "cpu"]
+    opts = [
+        "--split",
+        "dev",
+        "--limit",
+        "7",
+        "--no-scores",
+        "--quiet",
+        "--beam-size",
+        "2",
+        "--max-new-tokens",
+        "12",
+        "--device",
+        "cpu",
+    ]
     generate_run(run, "dev", tmp_path / "one.txt", limit=7, scores=False, beam_size=2, max_new_tokens=12)
     out = _finish(_torchrun(2, "generate", str(run), *opts, "--out", str(tmp_path / "two.txt")))
     assert out.count("two.txt") == 1  # only the main process reports
@@ -234,6 +276,7 @@ def test_group_by_length_resumes_exactly(tmp_path, data_dir):
     from test_train import _cfg, _prefix
 
     from prefix_tuning.train import train
+
     opts = ["train.max_steps=6", "train.eval_every_epoch=false", "data.group_by_length=true"]
     full = train(_cfg(tmp_path, *opts, name="full"))
     part = _cfg(tmp_path, *opts, name="part")

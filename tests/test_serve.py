@@ -38,15 +38,16 @@ LENGTHS = {"p2": 2, "p5": 5, "p9": 9}
 pytestmark = pytest.mark.usefixtures("one_thread")
 
 
-
-
 def make_runs(root: Path, names: dict[str, int], seed: int = 0) -> Path:
     s = KVShape.from_config(build_tiny("tiny-gpt2").config)
     for k, (name, P) in enumerate(names.items()):
         (root / name).mkdir(parents=True)
         g = torch.Generator().manual_seed(seed + k)
-        save_prefix(torch.randn(s.n_layers, 2, s.n_kv_heads, P, s.head_dim, generator=g) * 2,
-                    root / name / "prefix.safetensors", base_model="tiny-gpt2")
+        save_prefix(
+            torch.randn(s.n_layers, 2, s.n_kv_heads, P, s.head_dim, generator=g) * 2,
+            root / name / "prefix.safetensors",
+            base_model="tiny-gpt2",
+        )
     return root
 
 
@@ -60,8 +61,9 @@ class Server:
         sock = socket.create_server(("127.0.0.1", 0))
         self.port = sock.getsockname()[1]
         self.url = f"http://127.0.0.1:{self.port}"
-        self.server = uvicorn.Server(uvicorn.Config(create_app(state), log_level="warning",
-                                                    timeout_graceful_shutdown=state.drain_s))
+        self.server = uvicorn.Server(
+            uvicorn.Config(create_app(state), log_level="warning", timeout_graceful_shutdown=state.drain_s)
+        )
         self.thread = threading.Thread(target=self.server.run, kwargs={"sockets": [sock]}, daemon=True)
         self.thread.start()
         deadline = time.monotonic() + 30
@@ -77,8 +79,9 @@ class Server:
 @pytest.fixture(scope="module")
 def srv(tmp_path_factory, data_dir):
     runs = make_runs(tmp_path_factory.mktemp("runs"), LENGTHS)
-    state = load_state("tiny-gpt2", [str(runs)], device="cpu", precision="fp32", threads=1, max_tokens=20,
-                       min_tokens=2, drain_s=10)
+    state = load_state(
+        "tiny-gpt2", [str(runs)], device="cpu", precision="fp32", threads=1, max_tokens=20, min_tokens=2, drain_s=10
+    )
     server = Server(state)
     yield server
     server.stop()
@@ -111,12 +114,13 @@ def sse(srv, body) -> list[dict | str]:
         assert r.status_code == 200 and r.headers["content-type"].startswith("text/event-stream")
         for line in r.iter_lines():
             if line.startswith("data: "):
-                data = line[len("data: "):]
+                data = line[len("data: ") :]
                 events.append(data if data == "[DONE]" else json.loads(data))
     return events
 
 
 # ------------------------------------------------------------------------------------------------ tests
+
 
 def test_openai_client_round_trip(srv, client, tables):
     ids = [m.id for m in client.models.list().data]
@@ -155,8 +159,15 @@ def test_concurrent_mixed_prefixes_equal_alone_and_decode(srv, tables):
 
 
 def test_streaming_equals_non_streaming(srv, tables):
-    body = {"model": "p9", "prompt": tables[:2], "max_tokens": 16, "n": 2, "temperature": 0.8, "seed": 5,
-            "stream_options": {"include_usage": True}}
+    body = {
+        "model": "p9",
+        "prompt": tables[:2],
+        "max_tokens": 16,
+        "n": 2,
+        "temperature": 0.8,
+        "seed": 5,
+        "stream_options": {"include_usage": True},
+    }
     full = post(srv, body).json()
     events = sse(srv, body)
     assert events[-1] == "[DONE]" and events[-2]["usage"] == full["usage"]
@@ -174,7 +185,7 @@ def test_streaming_equals_non_streaming(srv, tables):
     stop = text.split()[3]
     body = {"model": "p2", "prompt": tables[3], "max_tokens": 20, "stop": [stop]}
     cut = post(srv, body).json()["choices"][0]
-    assert cut["text"] == text[:text.index(stop)] and cut["finish_reason"] == "stop"
+    assert cut["text"] == text[: text.index(stop)] and cut["finish_reason"] == "stop"
     assert "".join(c["text"] for e in sse(srv, body)[:-1] for c in e["choices"]) == cut["text"]
 
 
@@ -287,8 +298,9 @@ def test_queue_limit_429_and_disconnect_frees_slot(srv, tables):
 
 def test_graceful_shutdown_finishes_running_requests(tmp_path):
     run = make_runs(tmp_path, {"run7": 7}) / "run7"  # a prefix run dir as --model: its base model + its prefix
-    save_config(RunConfig(model=ModelConfig(name="tiny-gpt2"), method=MethodConfig(prefix_length=7)),
-                run / "config.yaml")
+    save_config(
+        RunConfig(model=ModelConfig(name="tiny-gpt2"), method=MethodConfig(prefix_length=7)), run / "config.yaml"
+    )
     state = load_state(str(run), [], device="cpu", precision="fp32", threads=1, drain_s=20, step_sleep=0.01)
     assert state.model_id == "tiny-gpt2" and list(state.prefixes) == ["run7"]
     server = Server(state)
@@ -319,9 +331,28 @@ def test_cli_parser():
 def test_cli_serves_and_stops_on_sigterm(tmp_path):
     runs = make_runs(tmp_path / "runs", {"only": 3})
     env = {**os.environ, "PYTHONPATH": str(REPO / "src")}
-    proc = subprocess.Popen([sys.executable, "-m", "prefix_tuning.cli", "serve", "--model", "tiny-gpt2", "--prefixes",
-                             str(runs), "--port", "0", "--threads", "1", "--log-level", "warning"],
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "prefix_tuning.cli",
+            "serve",
+            "--model",
+            "tiny-gpt2",
+            "--prefixes",
+            str(runs),
+            "--port",
+            "0",
+            "--threads",
+            "1",
+            "--log-level",
+            "warning",
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=env,
+    )
     try:
         line = proc.stdout.readline()
         assert "http://127.0.0.1:" in line, line + proc.stderr.read()

@@ -14,9 +14,18 @@ from prefix_tuning.config import load_config
 from prefix_tuning.models import build_tiny
 from prefix_tuning.train import train
 
-TINY = ["model.name=tiny-gpt2", "data.train_size=16", "data.dev_size=4", "data.max_length=64",
-        "method.mlp_hidden=16", "train.batch_size=4", "train.lr=1e-2", "train.save_every=2",
-        "train.precision=fp32", "decode.precision=fp32"]
+TINY = [
+    "model.name=tiny-gpt2",
+    "data.train_size=16",
+    "data.dev_size=4",
+    "data.max_length=64",
+    "method.mlp_hidden=16",
+    "train.batch_size=4",
+    "train.lr=1e-2",
+    "train.save_every=2",
+    "train.precision=fp32",
+    "decode.precision=fp32",
+]
 
 
 def _cfg(tmp_path: Path, *extra: str, name: str = "run"):
@@ -58,8 +67,14 @@ def test_resume_equals_uninterrupted(tmp_path):
     second = train(part)
     assert second.steps == 6
     assert torch.equal(_prefix(full.run_dir), _prefix(second.run_dir))
-    a = [json.loads(x)["loss"] for x in (full.run_dir / "log.jsonl").read_text().splitlines() if "loss" in json.loads(x)]
-    b = [json.loads(x)["loss"] for x in (second.run_dir / "log.jsonl").read_text().splitlines() if "loss" in json.loads(x)]
+    a = [
+        json.loads(x)["loss"] for x in (full.run_dir / "log.jsonl").read_text().splitlines() if "loss" in json.loads(x)
+    ]
+    b = [
+        json.loads(x)["loss"]
+        for x in (second.run_dir / "log.jsonl").read_text().splitlines()
+        if "loss" in json.loads(x)
+    ]
     assert a == b
 
 
@@ -71,27 +86,45 @@ def test_grad_accumulation_matches_one_batch(tmp_path):
 
 def _epoch_means(run_dir: Path, epochs: int) -> list[float]:
     rows = [json.loads(x) for x in (run_dir / "log.jsonl").read_text().splitlines()]
-    return [sum(ls) / len(ls) for ls in ([r["loss"] for r in rows if r.get("epoch") == e and "loss" in r]
-                                         for e in range(epochs))]
+    return [
+        sum(ls) / len(ls)
+        for ls in ([r["loss"] for r in rows if r.get("epoch") == e and "loss" in r] for e in range(epochs))
+    ]
 
 
-@pytest.mark.parametrize("model,method,lr,drop", [
-    ("tiny-gpt2", "finetune", "1e-2", 0.25),  # measured: 219 -> 123 summed nats per sentence
-    ("tiny-llama", "prefix", "1e-2", 0.005),  # measured: 247.8 -> 245.0: a random 2-layer model gives a prefix
-])                                            # little to steer, but the loss must still go down
+@pytest.mark.parametrize(
+    "model,method,lr,drop",
+    [
+        ("tiny-gpt2", "finetune", "1e-2", 0.25),  # measured: 219 -> 123 summed nats per sentence
+        ("tiny-llama", "prefix", "1e-2", 0.005),  # measured: 247.8 -> 245.0: a random 2-layer model gives a prefix
+    ],
+)  # little to steer, but the loss must still go down
 def test_loss_decreases_on_real_e2e(tmp_path, model, method, lr, drop):
     """64 real E2E examples, 3 epochs: the mean training loss of the last epoch is below the first."""
-    cfg = load_config(None, [f"model.name={model}", f"method.name={method}", "data.train_size=64",
-                             "data.max_length=64", "method.mlp_hidden=32", "train.batch_size=8", f"train.lr={lr}",
-                             "train.epochs=3", "train.eval_every_epoch=false", "train.precision=fp32",
-                             f"out_dir={tmp_path / 'r'}"])
+    cfg = load_config(
+        None,
+        [
+            f"model.name={model}",
+            f"method.name={method}",
+            "data.train_size=64",
+            "data.max_length=64",
+            "method.mlp_hidden=32",
+            "train.batch_size=8",
+            f"train.lr={lr}",
+            "train.epochs=3",
+            "train.eval_every_epoch=false",
+            "train.precision=fp32",
+            f"out_dir={tmp_path / 'r'}",
+        ],
+    )
     means = _epoch_means(train(cfg).run_dir, 3)
     assert means[2] < means[1] < means[0] and means[2] < (1 - drop) * means[0]
 
 
 def test_finetune_top_trains_only_top_blocks(tmp_path):
-    res = train(_cfg(tmp_path, "method.name=finetune-top", "method.top_k_layers=1", "train.max_steps=2",
-                     "train.lr=1e-3"))
+    res = train(
+        _cfg(tmp_path, "method.name=finetune-top", "method.top_k_layers=1", "train.max_steps=2", "train.lr=1e-3")
+    )
     trained = load_file(str(res.run_dir / "top.safetensors"))  # only its trained tensors are stored
     assert trained and all(k.startswith("transformer.h.1.") for k in trained)
     fresh = build_tiny("tiny-gpt2").state_dict()
@@ -154,7 +187,8 @@ def test_batch_loss_equals_full_logits_reference(mode):
     mask[2, 11] = 0
     loss, n = batch_loss(method, dict(input_ids=ids, attention_mask=mask, labels=labels), mode, None)
     logits = method.forward(ids, mask)  # (B, T, V), all positions
-    nll = torch.nn.functional.cross_entropy(logits[:, :-1].transpose(1, 2), labels[:, 1:], ignore_index=-100,
-                                            reduction="none")
+    nll = torch.nn.functional.cross_entropy(
+        logits[:, :-1].transpose(1, 2), labels[:, 1:], ignore_index=-100, reduction="none"
+    )
     ref = nll.sum(1).mean() if mode == "sentence_sum" else nll.sum() / (labels[:, 1:] != -100).sum()
     assert n == 14 and torch.allclose(loss, ref, rtol=1e-6)

@@ -19,19 +19,26 @@ from prefix_tuning.e2e import DataError
 
 REPO = Path(__file__).resolve().parents[1]
 DATA = Path(os.environ.get("PREFIX_TUNING_DATA") or REPO.parent / "shared" / "data")
-needs_data = pytest.mark.skipif(not (DATA / "webnlg2017" / webnlg.ARCHIVE).is_file() and not os.environ.get("CI"),
-                                reason=f"needs {DATA}/webnlg2017/{webnlg.ARCHIVE}")
+needs_data = pytest.mark.skipif(
+    not (DATA / "webnlg2017" / webnlg.ARCHIVE).is_file() and not os.environ.get("CI"),
+    reason=f"needs {DATA}/webnlg2017/{webnlg.ARCHIVE}",
+)
 
 DEV_GOLDEN = {  # index in dev.json -> (eid, category, source string of the original's training loop)
     0: ("Id1", "Airport", " | Aarhus : leaderName : Jacob_Bundsgaard"),
     5: ("Id6", "Airport", ' | Adolfo_Suárez_Madrid–Barajas_Airport : runwayName : "14L/32R"'),
-    871: ("Id7", "University",
-          (' | Visvesvaraya_Technological_University : city : Belgaum | Acharya_Institute_of_Technology : director'
-          ' : "Dr. G. P. Prabhukumar" | Acharya_Institute_of_Technology : established : 2000 |'
-          " Acharya_Institute_of_Technology : state : Karnataka | Acharya_Institute_of_Technology : country :"
-          ' "India" | Acharya_Institute_of_Technology : campus : "In Soldevanahalli, Acharya Dr. Sarvapalli'
-          ' Radhakrishnan Road, Hessarghatta Main Road, Bangalore – 560090." | Acharya_Institute_of_Technology :'
-          " affiliation : Visvesvaraya_Technological_University")),
+    871: (
+        "Id7",
+        "University",
+        (
+            " | Visvesvaraya_Technological_University : city : Belgaum | Acharya_Institute_of_Technology : director"
+            ' : "Dr. G. P. Prabhukumar" | Acharya_Institute_of_Technology : established : 2000 |'
+            " Acharya_Institute_of_Technology : state : Karnataka | Acharya_Institute_of_Technology : country :"
+            ' "India" | Acharya_Institute_of_Technology : campus : "In Soldevanahalli, Acharya Dr. Sarvapalli'
+            ' Radhakrishnan Road, Hessarghatta Main Road, Bangalore – 560090." | Acharya_Institute_of_Technology :'
+            " affiliation : Visvesvaraya_Technological_University"
+        ),
+    ),
 }
 
 
@@ -84,9 +91,11 @@ def _xml(entries: str) -> str:
     return f"<?xml version='1.0' encoding='UTF-8'?>\n<benchmark>\n<entries>\n{entries}</entries>\n</benchmark>\n"
 
 
-GOOD = ('<entry category="Food" eid="Id1" size="2">\n<modifiedtripleset>\n<mtriple>A | p | B</mtriple>\n'
-        '<mtriple>B | q | C</mtriple>\n</modifiedtripleset>\n<lex comment="good" lid="Id1">A p B; B q C.</lex>\n'
-        '<lex comment="toFix" lid="Id2">A B C</lex>\n</entry>\n')
+GOOD = (
+    '<entry category="Food" eid="Id1" size="2">\n<modifiedtripleset>\n<mtriple>A | p | B</mtriple>\n'
+    '<mtriple>B | q | C</mtriple>\n</modifiedtripleset>\n<lex comment="good" lid="Id1">A p B; B q C.</lex>\n'
+    '<lex comment="toFix" lid="Id2">A B C</lex>\n</entry>\n'
+)
 
 
 def test_parse_and_views_on_a_small_document() -> None:
@@ -133,8 +142,11 @@ def test_archive_errors(tmp_path: Path) -> None:
         info = tarfile.TarInfo("webnlg2017/dev/2triples/2triples_Food_dev_challenge.xml")
         info.size = len(payload)
         tar.addfile(info, io.BytesIO(payload))
-    with pytest.raises(DataError, match=r"webnlg2017-challenge\.tar\.gz:webnlg2017/dev/2triples/2triples_Food_dev"
-                                        r"_challenge\.xml:4: entry Id1: bad triple"):
+    with pytest.raises(
+        DataError,
+        match=r"webnlg2017-challenge\.tar\.gz:webnlg2017/dev/2triples/2triples_Food_dev"
+        r"_challenge\.xml:4: entry Id1: bad triple",
+    ):
         webnlg.load_webnlg("dev", data_dir=tmp_path)
     with pytest.raises(DataError, match=r"no member test/testdata_with_lex\.xml"):
         webnlg.load_webnlg("test", data_dir=tmp_path)

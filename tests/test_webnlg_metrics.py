@@ -112,8 +112,9 @@ def test_bleu_golden_lines_and_conventions(test_set) -> None:
         for key, golden in GOLDEN_BLEU[team].items():
             assert W.multibleu_line(rows[masks[key]].sum(axis=0)) == golden, (team, key)
         scores = W.score_webnlg(_raw(team), refs, seen, metrics=["BLEU"])
-        assert {k: f"{100 * v['BLEU']:.2f}" for k, v in scores.items()} == \
-               {k: line[7:12].rstrip(",") for k, line in GOLDEN_BLEU[team].items()}
+        assert {k: f"{100 * v['BLEU']:.2f}" for k, v in scores.items()} == {
+            k: line[7:12].rstrip(",") for k, line in GOLDEN_BLEU[team].items()
+        }
     # The README's checks of the conventions: empty slots count for the closest length; first 3 refs only.
     unseen = masks["U"]
     for team, without_empty in (("Baseline", "5.76"), ("Tilburg_University-3", "17.01")):
@@ -206,16 +207,20 @@ def test_ter_small_cases_match_tercom() -> None:
 def test_ter_keeps_tercom_beam_where_sacrebleu_differs() -> None:
     """A Baseline unseen segment: tercom's beam (20 above each column's best) finds 28 edits; sacrebleu's 27."""
     hyp = "the association for computing machinery is founder ."
-    ref = ("the battle of fredericksburg , in which alfred moore scales paricipated , was part of the american "
-           "civil war military conflict during which jefferson davis was a commander .")
+    ref = (
+        "the battle of fredericksburg , in which alfred moore scales paricipated , was part of the american "
+        "civil war military conflict during which jefferson davis was a commander ."
+    )
     assert T.ter_pairs([(hyp.split(), ref.split())]) == [28]
     lib_ter = pytest.importorskip("sacrebleu.metrics.lib_ter")
     assert lib_ter.translation_edit_rate(hyp.split(), ref.split())[0] == 27
 
 
 def test_builtin_transliteration() -> None:
-    assert W._builtin_ascii("Adolfo Suárez Madrid–Barajas, Ölüdeniz, İzmir’s ß") == \
-           "Adolfo Suarez Madrid-Barajas, Oludeniz, Izmir's ss"
+    assert (
+        W._builtin_ascii("Adolfo Suárez Madrid–Barajas, Ölüdeniz, İzmir’s ß")
+        == "Adolfo Suarez Madrid-Barajas, Oludeniz, Izmir's ss"
+    )
     with pytest.raises(EvalInputError, match=r"'€' \(U\+20AC\).*pip install Unidecode"):
         W._builtin_ascii("costs 5 €")
     unidecode = pytest.importorskip("unidecode")
@@ -244,8 +249,9 @@ def test_input_checks_splits_and_signature() -> None:
         W.score_webnlg(["a", "b"], [["a"], [""]], [True, False])
     with pytest.raises(EvalInputError, match="list of strings"):
         W.score_webnlg("a", [["a"]], [True])  # type: ignore[arg-type]
-    scores = W.score_webnlg(["The cat sat.", "A dog."], [["the cat sat ."], ["a dog ."]], [True, True],
-                            metrics=["bleu", "ter"])
+    scores = W.score_webnlg(
+        ["The cat sat.", "A dog."], [["the cat sat ."], ["a dog ."]], [True, True], metrics=["bleu", "ter"]
+    )
     assert set(scores) == {"S", "A"} and scores["S"]["TER"] == 0.0 and set(scores["A"]) == {"BLEU", "TER"}
     sig = W.signature()
     assert sig.startswith("webnlg2017-official|tok:split-nonword-lc|ascii:")

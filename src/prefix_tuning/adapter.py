@@ -84,8 +84,11 @@ def adapter_numel(model: nn.Module, bottleneck: int) -> int:
 
 def base_numel(model: nn.Module) -> int:
     """Parameters of the model without adapters or LoRA (tied weights counted once)."""
-    params = {id(p): p for n, p in model.named_parameters(remove_duplicate=False)
-              if ".adapter." not in f".{n}" and ".lora." not in f".{n}"}
+    params = {
+        id(p): p
+        for n, p in model.named_parameters(remove_duplicate=False)
+        if ".adapter." not in f".{n}" and ".lora." not in f".{n}"
+    }
     return sum(p.numel() for p in params.values())
 
 

@@ -79,12 +79,20 @@ class SearchSettings:
         if cfg.early_stopping not in EARLY_STOPPING or not isinstance(cfg.early_stopping, (bool, str)):
             raise ValueError(f"early_stopping must be False, True or 'never', got {cfg.early_stopping!r}")
         if cfg.beam_size < 1 or cfg.max_new_tokens < 1 or cfg.min_new_tokens > cfg.max_new_tokens:
-            raise ValueError(f"impossible decoding settings: beam_size={cfg.beam_size}, max_new_tokens="
-                             f"{cfg.max_new_tokens}, min_new_tokens={cfg.min_new_tokens}")
-        return cls(beam_size=cfg.beam_size, max_new_tokens=cfg.max_new_tokens, min_new_tokens=cfg.min_new_tokens,
-                   length_penalty=cfg.length_penalty, no_repeat_ngram_size=cfg.no_repeat_ngram_size,
-                   early_stopping=cfg.early_stopping, eos_id=eos_id,
-                   banned_ids=tuple(sorted(set(banned_ids) - {eos_id})))
+            raise ValueError(
+                f"impossible decoding settings: beam_size={cfg.beam_size}, max_new_tokens="
+                f"{cfg.max_new_tokens}, min_new_tokens={cfg.min_new_tokens}"
+            )
+        return cls(
+            beam_size=cfg.beam_size,
+            max_new_tokens=cfg.max_new_tokens,
+            min_new_tokens=cfg.min_new_tokens,
+            length_penalty=cfg.length_penalty,
+            no_repeat_ngram_size=cfg.no_repeat_ngram_size,
+            early_stopping=cfg.early_stopping,
+            eos_id=eos_id,
+            banned_ids=tuple(sorted(set(banned_ids) - {eos_id})),
+        )
 
 
 def left_pad(prompts: list[list[int]], pad_id: int, device: torch.device) -> tuple[Tensor, Tensor]:
@@ -94,8 +102,8 @@ def left_pad(prompts: list[list[int]], pad_id: int, device: torch.device) -> tup
     ids = torch.full((len(prompts), T), pad_id, dtype=torch.long)
     mask = torch.zeros(len(prompts), T, dtype=torch.long)
     for i, p in enumerate(prompts):
-        ids[i, T - len(p):] = torch.tensor(p, dtype=torch.long)
-        mask[i, T - len(p):] = 1
+        ids[i, T - len(p) :] = torch.tensor(p, dtype=torch.long)
+        mask[i, T - len(p) :] = 1
     return ids.to(device), mask.to(device)
 
 
@@ -103,8 +111,8 @@ def _banned_ngram_tokens(seq: list[int], n: int) -> list[int]:
     """Tokens that would repeat an n-gram already in `seq` (generated tokens of one beam)."""
     if n <= 0 or len(seq) < n:
         return []
-    ctx = tuple(seq[len(seq) - n + 1:])
-    return [seq[i + n - 1] for i in range(len(seq) - n + 1) if tuple(seq[i:i + n - 1]) == ctx]
+    ctx = tuple(seq[len(seq) - n + 1 :])
+    return [seq[i + n - 1] for i in range(len(seq) - n + 1) if tuple(seq[i : i + n - 1]) == ctx]
 
 
 def _process(logp: Tensor, gen: Tensor, n: int, settings: SearchSettings, banned: Tensor | None) -> Tensor:
@@ -129,8 +137,9 @@ def _forward(model, input_ids, attention_mask, position_ids, cache) -> Tensor:
     kw = {}
     if _takes_logits_to_keep(model):
         kw["logits_to_keep"] = torch.tensor([T - 1], device=input_ids.device) if T > 1 else 1
-    out = model(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids, cache=cache,
-                use_cache=True, **kw)
+    out = model(
+        input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids, cache=cache, use_cache=True, **kw
+    )
     return out.logits[:, -1, :]
 
 
@@ -144,9 +153,16 @@ def _takes_logits_to_keep(model) -> bool:
 
 
 @torch.inference_mode()
-def search(model: nn.Module, prompts: list[list[int]], prefixes: list[Tensor | None] | None,
-           settings: SearchSettings, *, pad_id: int, dtype: torch.dtype | None = None,
-           algorithm: str = "auto") -> list[list[int]]:
+def search(
+    model: nn.Module,
+    prompts: list[list[int]],
+    prefixes: list[Tensor | None] | None,
+    settings: SearchSettings,
+    *,
+    pad_id: int,
+    dtype: torch.dtype | None = None,
+    algorithm: str = "auto",
+) -> list[list[int]]:
     """Generate for one batch; returns the new tokens of each row, without the final EOS.
 
     prefixes[i]: (L, 2, KV, P_i, D) for row i, or None; `prefixes=None` means no prefix anywhere.
@@ -247,7 +263,7 @@ def _beam(model, logits, cache, mask, pos, settings: SearchSettings, banned) -> 
         # is the search over for a row?
         exhaustive = settings.early_stopping == "never" and settings.length_penalty > 0
         length = settings.max_new_tokens if exhaustive else n + 1
-        best_run = (run_s[:, 0] / (length ** settings.length_penalty)).tolist()
+        best_run = (run_s[:, 0] / (length**settings.length_penalty)).tolist()
         keep = []
         for r in range(Ba):
             pool = pools[rows[r]]
@@ -272,6 +288,7 @@ def _beam(model, logits, cache, mask, pos, settings: SearchSettings, banned) -> 
 
 
 # ------------------------------------------------------------------------------ batches of many rows
+
 
 def row_prefixes(prefix, prefix_index: Sequence[int] | None, n: int) -> list[Tensor | None]:
     """One (L, 2, KV, P, D) prefix (or None) per table."""
@@ -320,14 +337,24 @@ def precision_context(model: nn.Module, precision: str):
     if want is None or param.dtype == want:
         return contextlib.nullcontext(), param.dtype
     if param.dtype != torch.float32:
-        raise ValueError(f"precision {precision} asked for a model in {param.dtype}; cast the model or use "
-                         f"precision {str(param.dtype).replace('torch.', '').replace('bfloat16', 'bf16')}")
+        raise ValueError(
+            f"precision {precision} asked for a model in {param.dtype}; cast the model or use "
+            f"precision {str(param.dtype).replace('torch.', '').replace('bfloat16', 'bf16')}"
+        )
     return torch.autocast(param.device.type, dtype=want), want
 
 
-def decode_ids(model: nn.Module, prompts: list[list[int]], prefixes: list[Tensor | None],
-               settings: SearchSettings, *, pad_id: int, batch_size: int = 16, precision: str = "fp32",
-               progress: bool = False) -> list[list[int]]:
+def decode_ids(
+    model: nn.Module,
+    prompts: list[list[int]],
+    prefixes: list[Tensor | None],
+    settings: SearchSettings,
+    *,
+    pad_id: int,
+    batch_size: int = 16,
+    precision: str = "fp32",
+    progress: bool = False,
+) -> list[list[int]]:
     """New token ids (without EOS) per prompt. Prompts are batched longest first (less padding); the
     result does not depend on that order or on batch_size."""
     order = sorted(range(len(prompts)), key=lambda i: (-len(prompts[i]), i))
@@ -335,9 +362,10 @@ def decode_ids(model: nn.Module, prompts: list[list[int]], prefixes: list[Tensor
     ctx, dtype = precision_context(model, precision)
     with ctx, tqdm(total=len(prompts), unit="MR", desc="decode", file=sys.stderr, disable=not progress) as bar:
         for start in range(0, len(order), batch_size):
-            idx = order[start:start + batch_size]
-            got = search(model, [prompts[i] for i in idx], [prefixes[i] for i in idx], settings,
-                         pad_id=pad_id, dtype=dtype)
+            idx = order[start : start + batch_size]
+            got = search(
+                model, [prompts[i] for i in idx], [prefixes[i] for i in idx], settings, pad_id=pad_id, dtype=dtype
+            )
             for i, g in zip(idx, got):
                 out[i] = g
             bar.update(len(idx))

@@ -65,9 +65,11 @@ def atomic_path(path: Path) -> Iterator[Path]:
         os.replace(tmp_path, path)
     except OSError as e:
         if e.errno in DISK_FULL:
-            raise DiskFullError(f"disk full: could not write {path} ({e.strerror}); the previous version of "
-                                f"the file, if any, is unchanged. Free space on that disk and re-run the same "
-                                f"command (training resumes from the last checkpoint)") from e
+            raise DiskFullError(
+                f"disk full: could not write {path} ({e.strerror}); the previous version of "
+                f"the file, if any, is unchanged. Free space on that disk and re-run the same "
+                f"command (training resumes from the last checkpoint)"
+            ) from e
         raise
     finally:
         tmp_path.unlink(missing_ok=True)
@@ -143,8 +145,10 @@ def describe_unreadable(path: Path, err: Exception) -> str:
     with open(path, "rb") as f:
         head = f.read(4)
     if head[:1] == b"\x80" or head == b"PK\x03\x04":
-        return ("is a pickle (torch.save) file, not safetensors; it was not loaded, since unpickling a file "
-                "can run arbitrary code")
+        return (
+            "is a pickle (torch.save) file, not safetensors; it was not loaded, since unpickling a file "
+            "can run arbitrary code"
+        )
     if any(s in str(err) for s in ("not fully covered", "header too small", "invalid header length")):
         return f"is truncated ({size} bytes; {err})"
     return f"is corrupt ({err})"
@@ -163,14 +167,17 @@ def load_checkpoint(path: Path) -> dict:
     except SafetensorError as e:
         raise CorruptFileError(f"{path} {describe_unreadable(path, e)}; {RESTART}") from None
     if meta.get("format") != FORMAT:
-        raise CorruptFileError(f"{path} is a safetensors file but not a prefix-tuning checkpoint "
-                               f"(format {meta.get('format')!r}); {RESTART}")
+        raise CorruptFileError(
+            f"{path} is a safetensors file but not a prefix-tuning checkpoint "
+            f"(format {meta.get('format')!r}); {RESTART}"
+        )
     if meta.get("version") != VERSION:
-        raise CorruptFileError(f"{path} is checkpoint format version {meta.get('version')!r}, this "
-                               f"prefix-tuning reads version {VERSION}; {RESTART}")
+        raise CorruptFileError(
+            f"{path} is checkpoint format version {meta.get('version')!r}, this "
+            f"prefix-tuning reads version {VERSION}; {RESTART}"
+        )
     if "state" not in meta or meta.get("sha256") != _digest(meta["state"], tensors):
-        raise CorruptFileError(f"{path} fails its checksum: it was corrupted or edited after it was written; "
-                               f"{RESTART}")
+        raise CorruptFileError(f"{path} fails its checksum: it was corrupted or edited after it was written; {RESTART}")
     try:
         return _join(json.loads(meta["state"]), tensors)
     except (ValueError, KeyError, TypeError) as e:

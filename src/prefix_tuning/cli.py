@@ -52,10 +52,12 @@ def cmd_train(args: argparse.Namespace) -> int:
     res = train(cfg, resume=not args.no_resume)
     if int(os.environ.get("RANK", "0")) != 0:  # under torchrun / accelerate launch: the main process reports
         return 0
-    print(f"run dir: {res.run_dir}\n  steps: {res.steps}  best dev loss: {res.best_dev_loss}\n"
-          f"  train time: {res.train_seconds:.1f} s ({res.seconds_per_epoch:.1f} s/epoch)\n"
-          f"  trainable params: {res.trainable_params:,}  stored params: {res.stored_params:,}\n"
-          f"  saved: {res.artifact}")
+    print(
+        f"run dir: {res.run_dir}\n  steps: {res.steps}  best dev loss: {res.best_dev_loss}\n"
+        f"  train time: {res.train_seconds:.1f} s ({res.seconds_per_epoch:.1f} s/epoch)\n"
+        f"  trainable params: {res.trainable_params:,}  stored params: {res.stored_params:,}\n"
+        f"  saved: {res.artifact}"
+    )
     return 0
 
 
@@ -77,10 +79,15 @@ with Hugging Face generate's beam semantics."""
 def field_docs(cls: type) -> dict[str, str]:
     """The docstring under each field of a config dataclass, read from its source (Python keeps none)."""
     body = ast.parse(textwrap.dedent(inspect.getsource(cls))).body[0].body
-    return {node.target.id: " ".join(doc.value.value.split())
-            for node, doc in itertools.pairwise(body)
-            if isinstance(node, ast.AnnAssign) and isinstance(node.target, ast.Name)
-            and isinstance(doc, ast.Expr) and isinstance(doc.value, ast.Constant) and isinstance(doc.value.value, str)}
+    return {
+        node.target.id: " ".join(doc.value.value.split())
+        for node, doc in itertools.pairwise(body)
+        if isinstance(node, ast.AnnAssign)
+        and isinstance(node.target, ast.Name)
+        and isinstance(doc, ast.Expr)
+        and isinstance(doc.value, ast.Constant)
+        and isinstance(doc.value.value, str)
+    }
 
 
 def _yes_no_or(text: str) -> bool | str:
@@ -97,8 +104,11 @@ def _option(hint) -> dict:
         return {"action": argparse.BooleanOptionalAction}
     if literals:
         choices = ([False, True] if bool in kinds else []) + literals
-        return {"type": _yes_no_or, "choices": choices,
-                "metavar": "{" + ",".join(str(c).lower() if isinstance(c, bool) else c for c in choices) + "}"}
+        return {
+            "type": _yes_no_or,
+            "choices": choices,
+            "metavar": "{" + ",".join(str(c).lower() if isinstance(c, bool) else c for c in choices) + "}",
+        }
     (kind,) = kinds
     return {"type": kind, "metavar": kind.__name__.upper()}
 
@@ -110,27 +120,56 @@ def add_config_options(group, cls: type, aliases: dict[str, list[str]]) -> None:
     for f in dataclasses.fields(cls):
         default = "none" if f.default is None else str(f.default).lower() if isinstance(f.default, bool) else f.default
         text = f"{docs.get(f.name, '')} (new config: {default})".replace("%", "%%")
-        group.add_argument("--" + f.name.replace("_", "-"), *aliases.get(f.name, []), dest=f.name, default=None,
-                           help=text, **_option(hints[f.name]))
+        group.add_argument(
+            "--" + f.name.replace("_", "-"),
+            *aliases.get(f.name, []),
+            dest=f.name,
+            default=None,
+            help=text,
+            **_option(hints[f.name]),
+        )
 
 
 def add_generate_parser(subparsers) -> argparse.ArgumentParser:
-    p = subparsers.add_parser("generate", help="decode E2E MRs with trained runs; write outputs, refs, scores",
-                              description=GENERATE_HELP, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("run_dirs", nargs="+", metavar="RUN_DIR", help="run dir(s) holding config.yaml and "
-                   "prefix.safetensors or model.safetensors")
-    p.add_argument("--split", default="test", choices=("dev", "test", "train"),
-                   help="split of the run's dataset (data.dataset: e2e, webnlg or custom) whose unique sources are "
-                   "decoded (default: test, as in the paper's Table 1)")
-    p.add_argument("--mrs", metavar="FILE", help="decode the MRs of FILE instead (one `slot[value], ...` MR a "
-                   "line; no references, so no scores); outputs go to RUN_DIR/outputs-<FILE stem>.txt")
-    p.add_argument("--out", metavar="FILE", help="outputs file (default RUN_DIR/outputs-SPLIT.txt); refs and "
-                   "scores go beside it; with several run dirs it must contain {run}")
+    p = subparsers.add_parser(
+        "generate",
+        help="decode E2E MRs with trained runs; write outputs, refs, scores",
+        description=GENERATE_HELP,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    p.add_argument(
+        "run_dirs",
+        nargs="+",
+        metavar="RUN_DIR",
+        help="run dir(s) holding config.yaml and prefix.safetensors or model.safetensors",
+    )
+    p.add_argument(
+        "--split",
+        default="test",
+        choices=("dev", "test", "train"),
+        help="split of the run's dataset (data.dataset: e2e, webnlg or custom) whose unique sources are "
+        "decoded (default: test, as in the paper's Table 1)",
+    )
+    p.add_argument(
+        "--mrs",
+        metavar="FILE",
+        help="decode the MRs of FILE instead (one `slot[value], ...` MR a "
+        "line; no references, so no scores); outputs go to RUN_DIR/outputs-<FILE stem>.txt",
+    )
+    p.add_argument(
+        "--out",
+        metavar="FILE",
+        help="outputs file (default RUN_DIR/outputs-SPLIT.txt); refs and "
+        "scores go beside it; with several run dirs it must contain {run}",
+    )
     p.add_argument("--limit", type=int, metavar="N", help="decode only the first N unique MRs (default: all)")
     p.add_argument("--device", default="auto", help="auto (cuda if available), cpu, cuda, cuda:1 (default auto)")
     p.add_argument("--no-scores", action="store_true", help="write outputs and refs but do not score")
-    p.add_argument("--metrics", metavar="LIST", help="comma-separated subset of BLEU,NIST,METEOR,ROUGE_L,CIDEr "
-                   "(default: all five, as the official E2E scorer)")
+    p.add_argument(
+        "--metrics",
+        metavar="LIST",
+        help="comma-separated subset of BLEU,NIST,METEOR,ROUGE_L,CIDEr (default: all five, as the official E2E scorer)",
+    )
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     g = p.add_argument_group("decoding (default: the run's config.yaml decode section)")
     g.add_argument("--greedy", action="store_const", const=1, dest="beam_size", help="greedy decoding: --beam-size 1")
@@ -142,9 +181,18 @@ def add_generate_parser(subparsers) -> argparse.ArgumentParser:
 def cmd_generate(args: argparse.Namespace) -> int:
     overrides = {f.name: getattr(args, f.name) for f in dataclasses.fields(DecodeConfig)}
     try:
-        files = generate_runs(args.run_dirs, args.split, out=args.out, limit=args.limit, mrs=args.mrs,
-                              device=args.device, progress=not args.quiet, scores=not args.no_scores,
-                              metrics=args.metrics.split(",") if args.metrics else None, **overrides)
+        files = generate_runs(
+            args.run_dirs,
+            args.split,
+            out=args.out,
+            limit=args.limit,
+            mrs=args.mrs,
+            device=args.device,
+            progress=not args.quiet,
+            scores=not args.no_scores,
+            metrics=args.metrics.split(",") if args.metrics else None,
+            **overrides,
+        )
     except ValueError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
@@ -162,16 +210,25 @@ def cmd_generate(args: argparse.Namespace) -> int:
 
 # ------------------------------------------------------------------------------------------- reproduce
 
+
 def cmd_reproduce(args: argparse.Namespace) -> int:
     out = Path(args.out or f"results/{args.experiment}{'-quick' if args.quick else ''}")
     if args.report_only:
         print(experiments.report(out))
         return 0
-    grid = experiments.Grid(quick=args.quick, seeds=tuple(args.seeds), sizes=tuple(args.sizes),
-                            train_size=args.train_size)
-    p = experiments.plan(args.experiment, model=args.model, grid=grid, test_limit=args.test_limit,
-                         precision=args.precision, threads=args.threads, overrides=args.overrides,
-                         runs_dir=Path(args.runs_dir))
+    grid = experiments.Grid(
+        quick=args.quick, seeds=tuple(args.seeds), sizes=tuple(args.sizes), train_size=args.train_size
+    )
+    p = experiments.plan(
+        args.experiment,
+        model=args.model,
+        grid=grid,
+        test_limit=args.test_limit,
+        precision=args.precision,
+        threads=args.threads,
+        overrides=args.overrides,
+        runs_dir=Path(args.runs_dir),
+    )
     experiments.reproduce(p, out, keep_checkpoints=args.keep_checkpoints)
     print((out / "table.md").read_text(encoding="utf-8"))
     print(f"wrote {out}/results.json, table.md and plots")
@@ -185,32 +242,61 @@ def _ints(text: str) -> list[int]:
 def add_reproduce_parser(sub) -> None:
     grid = experiments.Grid()
     p = sub.add_parser(
-        "reproduce", help="run one of the paper's experiments end to end (train, generate, evaluate, report)",
-        description=experiments.__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+        "reproduce",
+        help="run one of the paper's experiments end to end (train, generate, evaluate, report)",
+        description=experiments.__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     p.add_argument("experiment", choices=list(experiments.EXPERIMENTS))
     p.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="config overrides applied to every run")
-    p.add_argument("--model", default=None, help="base model: HF id, local folder, smollm2-135m (offline), "
-                   "tiny-gpt2 (default: the experiment's: " + ", ".join(
-                       f"{e.name} {e.default_model}" for e in experiments.EXPERIMENTS.values()) + ")")
+    p.add_argument(
+        "--model",
+        default=None,
+        help="base model: HF id, local folder, smollm2-135m (offline), "
+        "tiny-gpt2 (default: the experiment's: "
+        + ", ".join(f"{e.name} {e.default_model}" for e in experiments.EXPERIMENTS.values())
+        + ")",
+    )
     p.add_argument("--quick", action="store_true", help="tiny random model and tiny data: a smoke test in ~1 minute")
-    p.add_argument("--seeds", type=_ints, default=list(grid.seeds), help="low-data subsample/training seeds "
-                   f"(default {','.join(map(str, grid.seeds))})")
-    p.add_argument("--sizes", type=_ints, default=list(grid.sizes), help="low-data train sizes "
-                   f"(default {','.join(map(str, grid.sizes))})")
-    p.add_argument("--train-size", type=int, default=None,
-                   help="table1/ablation: train on a low-data subset of this size")
-    p.add_argument("--test-limit", type=int, default=None,
-                   help="score the first N unique test MRs (default: the experiment's: " + ", ".join(
-                       f"{e.name} {e.default_test_limit or 'all 630'}" for e in experiments.EXPERIMENTS.values())
-                   + f"; --quick {experiments.QUICK_TEST_LIMIT}). CIDEr takes document frequencies from the scored "
-                   "refs, so it is only comparable at the same N")
-    p.add_argument("--precision", default="auto", choices=PRECISIONS,
-                   help="training and decoding precision (default auto: bf16 where the device computes it natively "
-                        "(GPUs, CPUs with AVX512-BF16/AMX; ~2.5x faster there), else fp32 (bf16 is emulated and ~30x "
-                        "slower on AVX2-only CPUs)); the precision used is recorded per run and in the tables")
-    p.add_argument("--threads", type=int, default=None,
-                   help="torch CPU threads per run (default: the cores available to this process; give each of "
-                        "two reproduce commands sharing a machine half of them)")
+    p.add_argument(
+        "--seeds",
+        type=_ints,
+        default=list(grid.seeds),
+        help=f"low-data subsample/training seeds (default {','.join(map(str, grid.seeds))})",
+    )
+    p.add_argument(
+        "--sizes",
+        type=_ints,
+        default=list(grid.sizes),
+        help=f"low-data train sizes (default {','.join(map(str, grid.sizes))})",
+    )
+    p.add_argument(
+        "--train-size", type=int, default=None, help="table1/ablation: train on a low-data subset of this size"
+    )
+    p.add_argument(
+        "--test-limit",
+        type=int,
+        default=None,
+        help="score the first N unique test MRs (default: the experiment's: "
+        + ", ".join(f"{e.name} {e.default_test_limit or 'all 630'}" for e in experiments.EXPERIMENTS.values())
+        + f"; --quick {experiments.QUICK_TEST_LIMIT}). CIDEr takes document frequencies from the scored "
+        "refs, so it is only comparable at the same N",
+    )
+    p.add_argument(
+        "--precision",
+        default="auto",
+        choices=PRECISIONS,
+        help="training and decoding precision (default auto: bf16 where the device computes it natively "
+        "(GPUs, CPUs with AVX512-BF16/AMX; ~2.5x faster there), else fp32 (bf16 is emulated and ~30x "
+        "slower on AVX2-only CPUs)); the precision used is recorded per run and in the tables",
+    )
+    p.add_argument(
+        "--threads",
+        type=int,
+        default=None,
+        help="torch CPU threads per run (default: the cores available to this process; give each of "
+        "two reproduce commands sharing a machine half of them)",
+    )
     p.add_argument("--out", default=None, help="results folder (default results/<experiment>)")
     p.add_argument("--runs-dir", default="runs", help="where run dirs (checkpoints, outputs) go (default runs/)")
     p.add_argument("--keep-checkpoints", action="store_true", help="keep resumable checkpoints of finished runs")
@@ -219,28 +305,54 @@ def add_reproduce_parser(sub) -> None:
 
 
 def add_serve_parser(subparsers) -> argparse.ArgumentParser:
-    p = subparsers.add_parser("serve", help="serve prefixes over an OpenAI-compatible HTTP API (one model, many "
-                              "prefixes, continuous batching)", description=serve_module.__doc__,
-                              formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--model", required=True, help="base model: a name (hub id, local folder, smollm2-135m, "
-                   "tiny-gpt2) or a run dir (its base model; a prefix run also serves its prefix)")
-    p.add_argument("--prefixes", nargs="*", default=[], metavar="DIR_OR_RUN", help="run dirs, folders of run "
-                   "dirs, or prefix.safetensors files; each prefix is named after its run dir")
+    p = subparsers.add_parser(
+        "serve",
+        help="serve prefixes over an OpenAI-compatible HTTP API (one model, many prefixes, continuous batching)",
+        description=serve_module.__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    p.add_argument(
+        "--model",
+        required=True,
+        help="base model: a name (hub id, local folder, smollm2-135m, "
+        "tiny-gpt2) or a run dir (its base model; a prefix run also serves its prefix)",
+    )
+    p.add_argument(
+        "--prefixes",
+        nargs="*",
+        default=[],
+        metavar="DIR_OR_RUN",
+        help="run dirs, folders of run dirs, or prefix.safetensors files; each prefix is named after its run dir",
+    )
     p.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1: this machine only)")
     p.add_argument("--port", type=int, default=8000, help="port (default 8000; 0 = any free port, printed)")
     p.add_argument("--device", default="auto", help="auto (cuda if available), cpu, cuda, cuda:1")
-    p.add_argument("--precision", default="auto", choices=PRECISIONS, help="model dtype "
-                   "(default auto: bf16 only where native; fp32 outputs do not depend on what shares a batch)")
+    p.add_argument(
+        "--precision",
+        default="auto",
+        choices=PRECISIONS,
+        help="model dtype (default auto: bf16 only where native; fp32 outputs do not depend on what shares a batch)",
+    )
     p.add_argument("--threads", type=int, help="torch CPU threads (default: the cores available)")
     p.add_argument("--max-batch", type=int, default=64, help="rows decoded together (default 64)")
-    p.add_argument("--max-waiting", type=int, default=256, help="requests queued beyond the batch before 429 "
-                   "(default 256)")
-    p.add_argument("--max-tokens", type=int, default=100, help="max_tokens when a request gives none (default "
-                   "100, decode's)")
-    p.add_argument("--min-tokens", type=int, default=5, help="EOS banned before this many tokens unless a request "
-                   "says min_tokens (default 5, decode's)")
-    p.add_argument("--drain-seconds", type=float, default=30.0, help="on SIGTERM, time running requests get to "
-                   "finish before they are cancelled (default 30)")
+    p.add_argument(
+        "--max-waiting", type=int, default=256, help="requests queued beyond the batch before 429 (default 256)"
+    )
+    p.add_argument(
+        "--max-tokens", type=int, default=100, help="max_tokens when a request gives none (default 100, decode's)"
+    )
+    p.add_argument(
+        "--min-tokens",
+        type=int,
+        default=5,
+        help="EOS banned before this many tokens unless a request says min_tokens (default 5, decode's)",
+    )
+    p.add_argument(
+        "--drain-seconds",
+        type=float,
+        default=30.0,
+        help="on SIGTERM, time running requests get to finish before they are cancelled (default 30)",
+    )
     p.add_argument("--no-prefix-updates", action="store_true", help="refuse POST/DELETE /v1/prefixes (403)")
     p.add_argument("--log-level", default="info", help="uvicorn log level (default info)")
     p.set_defaults(func=cmd_serve)
@@ -256,9 +368,18 @@ def cmd_serve(args: argparse.Namespace) -> int:
         print(f"error: serve needs FastAPI and uvicorn: pip install 'prefix-tuning[serve]' ({e})", file=sys.stderr)
         return 2
     try:
-        state = serve_module.load_state(args.model, args.prefixes, device=args.device, precision=args.precision,
-                           threads=args.threads, max_batch=args.max_batch, max_waiting=args.max_waiting,
-                           max_tokens=args.max_tokens, min_tokens=args.min_tokens, drain_s=args.drain_seconds)
+        state = serve_module.load_state(
+            args.model,
+            args.prefixes,
+            device=args.device,
+            precision=args.precision,
+            threads=args.threads,
+            max_batch=args.max_batch,
+            max_waiting=args.max_waiting,
+            max_tokens=args.max_tokens,
+            min_tokens=args.min_tokens,
+            drain_s=args.drain_seconds,
+        )
     except (FileNotFoundError, ValueError, ApiError, ModelLoadError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
@@ -276,12 +397,17 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="prefix-tuning",
         description="Prefix-tuning (Li & Liang, ACL 2021) for Hugging Face causal LMs: train, generate, "
-                    "evaluate with the official E2E metrics, and reproduce the paper's experiments.")
+        "evaluate with the official E2E metrics, and reproduce the paper's experiments.",
+    )
     parser.add_argument("--version", action="version", version=f"prefix-tuning {__version__}")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
-    p = sub.add_parser("train", help="train prefix-tuning or fine-tuning from a YAML config",
-                       description=TRAIN_HELP, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = sub.add_parser(
+        "train",
+        help="train prefix-tuning or fine-tuning from a YAML config",
+        description=TRAIN_HELP,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     p.add_argument("config", help="YAML config file (see configs/), or 'defaults' for the built-in defaults")
     p.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="dotted overrides, e.g. train.lr=1e-4")
     p.add_argument("--no-resume", action="store_true", help="ignore an existing checkpoint and start over")
@@ -307,8 +433,15 @@ def main(argv: list[str] | None = None) -> int:
         args.config = None
     try:
         return int(args.func(args) or 0)
-    except (ConfigError, DataError, EvalInputError, ModelLoadError, FileNotFoundError, CorruptFileError,
-            DiskFullError) as e:
+    except (
+        ConfigError,
+        DataError,
+        EvalInputError,
+        ModelLoadError,
+        FileNotFoundError,
+        CorruptFileError,
+        DiskFullError,
+    ) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:

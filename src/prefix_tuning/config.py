@@ -224,7 +224,7 @@ def _show(value: Any, limit: int = 80) -> str:
         text = repr(value)
     except ValueError:
         return f"<an integer of {value.bit_length()} bits>"
-    return text if len(text) <= limit else text[:limit - 3] + "..."
+    return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
 def _name(key: Any) -> str:
@@ -347,12 +347,15 @@ def apply_overrides(data: dict[str, Any], overrides: list[str]) -> dict[str, Any
         try:
             value = yaml.safe_load(raw) if raw.strip() else None
         except _YAML_FAILURES as e:
-            raise ConfigError(f"override {_show(item, 200)}: the value is not valid YAML ({_yaml_problem(e)}); "
-                              "expected e.g. train.lr=1e-4 or model.name='a b'", (key,)) from None
+            raise ConfigError(
+                f"override {_show(item, 200)}: the value is not valid YAML ({_yaml_problem(e)}); "
+                "expected e.g. train.lr=1e-4 or model.name='a b'",
+                (key,),
+            ) from None
         node = data
         *parents, leaf = key.split(".")
         for i, p in enumerate(parents):
-            section = ".".join(parents[:i + 1])
+            section = ".".join(parents[: i + 1])
             if node.get(p) is None:
                 node[p] = {}
             elif not isinstance(node[p], dict):
@@ -399,8 +402,9 @@ def _key_lines(loader: yaml.SafeLoader, root: yaml.Node, p: Path) -> dict[str, i
                 if prefix is not None and isinstance(knode, yaml.ScalarNode) and knode.tag != _MERGE:
                     key, line = prefix + _name(_construct(loader, knode, p)), knode.start_mark.line + 1
                     if key in lines:
-                        raise ConfigError(f"{p}:{line}: duplicate key '{key}' (first on line {lines[key]}); "
-                                          "expected each key once")
+                        raise ConfigError(
+                            f"{p}:{line}: duplicate key '{key}' (first on line {lines[key]}); expected each key once"
+                        )
                     lines[key] = line
                 stack += [(knode, None), (vnode, key + "." if key is not None and not prefix else None)]
     return lines
@@ -412,9 +416,10 @@ def _read_yaml(p: Path) -> tuple[Any, dict[str, int]]:
     try:
         text = raw.decode("utf-8")
     except UnicodeDecodeError as e:
-        line = raw[:e.start].count(b"\n") + 1
-        raise ConfigError(f"{p}:{line}: not valid UTF-8 (byte 0x{raw[e.start]:02x}); expected a UTF-8 YAML file") \
-            from None
+        line = raw[: e.start].count(b"\n") + 1
+        raise ConfigError(
+            f"{p}:{line}: not valid UTF-8 (byte 0x{raw[e.start]:02x}); expected a UTF-8 YAML file"
+        ) from None
     loader = None
     try:
         loader = yaml.SafeLoader(text)  # checks the characters: may raise
@@ -427,10 +432,17 @@ def _read_yaml(p: Path) -> tuple[Any, dict[str, int]]:
         if isinstance(e, ConfigError):
             raise
         mark = getattr(e, "problem_mark", None) or getattr(e, "context_mark", None)
-        line = (mark.line + 1 if mark is not None  # ReaderError: a character YAML forbids (NUL, controls)
-                else text[:e.position].count("\n") + 1 if isinstance(e, yaml.reader.ReaderError) else 1)
-        raise ConfigError(f"{p}:{line}: invalid YAML ({_yaml_problem(e)}); expected a mapping of sections "
-                          "(model, data, method, train, decode)") from None
+        line = (
+            mark.line + 1
+            if mark is not None  # ReaderError: a character YAML forbids (NUL, controls)
+            else text[: e.position].count("\n") + 1
+            if isinstance(e, yaml.reader.ReaderError)
+            else 1
+        )
+        raise ConfigError(
+            f"{p}:{line}: invalid YAML ({_yaml_problem(e)}); expected a mapping of sections "
+            "(model, data, method, train, decode)"
+        ) from None
     finally:
         if loader is not None:
             loader.dispose()
@@ -449,8 +461,9 @@ def load_config(path: str | os.PathLike | None, overrides: list[str] = ()) -> Ru
         if data is None:
             data = {}
         if not isinstance(data, dict):
-            raise ConfigError(f"{p}:1: expected a mapping of sections (model, data, method, train, decode), "
-                              f"got {type(data).__name__}")
+            raise ConfigError(
+                f"{p}:1: expected a mapping of sections (model, data, method, train, decode), got {type(data).__name__}"
+            )
     try:
         return from_dict(apply_overrides(data, list(overrides)))
     except ConfigError as e:
@@ -467,54 +480,88 @@ def validate(cfg: RunConfig) -> None:
     """Reject impossible values and combinations before any work starts (choices and types are checked
     while reading, by `_coerce`)."""
     flat = {k: _get(cfg, k) for k in valid_keys()}
-    for key in ["method.mlp_hidden", "train.batch_size", "train.grad_accum", "train.epochs", "train.save_every",
-                "decode.beam_size", "decode.max_new_tokens", "decode.batch_size"]:
+    for key in [
+        "method.mlp_hidden",
+        "train.batch_size",
+        "train.grad_accum",
+        "train.epochs",
+        "train.save_every",
+        "decode.beam_size",
+        "decode.max_new_tokens",
+        "decode.batch_size",
+    ]:
         if flat[key] < 1:
             raise ConfigError(f"{key}: must be >= 1, got {_show(flat[key])}", (key,))
-    for key in ["train.max_steps", "data.train_size", "data.dev_size", "train.eval_steps", "method.prefix_length",
-                "data.max_length", "train.num_threads", "decode.num_threads"]:
+    for key in [
+        "train.max_steps",
+        "data.train_size",
+        "data.dev_size",
+        "train.eval_steps",
+        "method.prefix_length",
+        "data.max_length",
+        "train.num_threads",
+        "decode.num_threads",
+    ]:
         if flat[key] is not None and flat[key] < 1:
             raise ConfigError(f"{key}: must be >= 1 or null, got {_show(flat[key])}", (key,))
-    for key in ["decode.min_new_tokens", "decode.no_repeat_ngram_size", "train.warmup_steps", "method.init_steps",
-                "train.weight_decay"]:
+    for key in [
+        "decode.min_new_tokens",
+        "decode.no_repeat_ngram_size",
+        "train.warmup_steps",
+        "method.init_steps",
+        "train.weight_decay",
+    ]:
         if flat[key] < 0:
             raise ConfigError(f"{key}: must be >= 0, got {_show(flat[key])}", (key,))
     for key in ["train.lr", "train.max_grad_norm"]:
         if flat[key] is not None and flat[key] <= 0:
             raise ConfigError(f"{key}: must be > 0, got {_show(flat[key])}", (key,))
     if not 0.0 <= flat["method.prefix_dropout"] < 1.0:
-        raise ConfigError(f"method.prefix_dropout: must be in [0, 1), got {flat['method.prefix_dropout']}",
-                          ("method.prefix_dropout",))
+        raise ConfigError(
+            f"method.prefix_dropout: must be in [0, 1), got {flat['method.prefix_dropout']}", ("method.prefix_dropout",)
+        )
     if cfg.train.batch_size % cfg.train.grad_accum:
-        raise ConfigError(f"train.batch_size ({cfg.train.batch_size}) must be divisible by train.grad_accum "
-                          f"({cfg.train.grad_accum})", ("train.grad_accum", "train.batch_size"))
+        raise ConfigError(
+            f"train.batch_size ({cfg.train.batch_size}) must be divisible by train.grad_accum ({cfg.train.grad_accum})",
+            ("train.grad_accum", "train.batch_size"),
+        )
     if cfg.method.name == "prefix" and cfg.method.init == "random" and cfg.method.prefix_length is None:
-        raise ConfigError("method.prefix_length: required for a randomly initialised prefix",
-                          ("method.prefix_length", "method.init", "method.name"))
+        raise ConfigError(
+            "method.prefix_length: required for a randomly initialised prefix",
+            ("method.prefix_length", "method.init", "method.name"),
+        )
     if cfg.data.dataset == "custom" and not cfg.data.train:
         raise ConfigError("data.train: required with data.dataset=custom (a jsonl/csv/tsv file)", ("data.train",))
     if cfg.decode.min_new_tokens > cfg.decode.max_new_tokens:
-        raise ConfigError("decode.min_new_tokens must not exceed decode.max_new_tokens",
-                          ("decode.min_new_tokens", "decode.max_new_tokens"))
+        raise ConfigError(
+            "decode.min_new_tokens must not exceed decode.max_new_tokens",
+            ("decode.min_new_tokens", "decode.max_new_tokens"),
+        )
     if cfg.method.embedding_only and cfg.method.name != "prefix":
         raise ConfigError("method.embedding_only: only for method.name=prefix", ("method.embedding_only",))
     if cfg.method.position == "infix" and (cfg.method.name != "prefix" or cfg.method.embedding_only):
-        raise ConfigError("method.position=infix: only for method.name=prefix without embedding_only",
-                          ("method.position",))
+        raise ConfigError(
+            "method.position=infix: only for method.name=prefix without embedding_only", ("method.position",)
+        )
     if not 0.0 <= cfg.method.lora_dropout < 1.0:
-        raise ConfigError(f"method.lora_dropout: must be in [0, 1), got {cfg.method.lora_dropout}",
-                          ("method.lora_dropout",))
+        raise ConfigError(
+            f"method.lora_dropout: must be in [0, 1), got {cfg.method.lora_dropout}", ("method.lora_dropout",)
+        )
     for key in ["method.lora_rank", "method.lora_alpha"]:
         if flat[key] <= 0:
             raise ConfigError(f"{key}: must be > 0, got {_show(flat[key])}", (key,))
     if cfg.method.adapter_bottleneck is not None and cfg.method.adapter_bottleneck < 1:
         raise ConfigError("method.adapter_bottleneck: must be >= 1 or null", ("method.adapter_bottleneck",))
     if cfg.method.adapter_fraction is not None and not 0 < cfg.method.adapter_fraction < 1:
-        raise ConfigError(f"method.adapter_fraction: must be in (0, 1) or null, got {cfg.method.adapter_fraction}",
-                          ("method.adapter_fraction",))
+        raise ConfigError(
+            f"method.adapter_fraction: must be in (0, 1) or null, got {cfg.method.adapter_fraction}",
+            ("method.adapter_fraction",),
+        )
     if cfg.method.name == "adapter" and cfg.method.adapter_bottleneck is None and cfg.method.adapter_fraction is None:
-        raise ConfigError("method.adapter_bottleneck or method.adapter_fraction: one must be set for an adapter",
-                          ("method.adapter_bottleneck", "method.adapter_fraction"))
+        raise ConfigError(
+            "method.adapter_bottleneck or method.adapter_fraction: one must be set for an adapter",
+            ("method.adapter_bottleneck", "method.adapter_fraction"),
+        )
     if cfg.method.name == "finetune-top" and cfg.method.top_k_layers < 1:
         raise ConfigError("method.top_k_layers: must be >= 1", ("method.top_k_layers",))
 

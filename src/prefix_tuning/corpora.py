@@ -51,9 +51,11 @@ def score_outputs(refs: Sequence[Sequence[str]], hyps: Sequence[str], metrics: S
 
 # ------------------------------------------------------------------------------------------ per dataset
 
+
 def _e2e_examples(cfg: RunConfig, split: str) -> list[Example]:
-    return load_e2e(split, variant=cfg.data.variant, data_dir=cfg.data.dir, on_error=cfg.data.on_error,
-                    ref_style=cfg.data.ref_style)
+    return load_e2e(
+        split, variant=cfg.data.variant, data_dir=cfg.data.dir, on_error=cfg.data.on_error, ref_style=cfg.data.ref_style
+    )
 
 
 def _webnlg_examples(cfg: RunConfig, split: str) -> list[Example]:
@@ -63,15 +65,22 @@ def _webnlg_examples(cfg: RunConfig, split: str) -> list[Example]:
 def _custom_file(cfg: RunConfig, split: str) -> str:
     path = {"train": cfg.data.train, "dev": cfg.data.dev, "test": cfg.data.test}[split]
     if not path:
-        raise ValueError(f"data.{split}: no file given; expected a {cfg.data.format} file for the {split} split "
-                         "of data.dataset=custom")
+        raise ValueError(
+            f"data.{split}: no file given; expected a {cfg.data.format} file for the {split} split "
+            "of data.dataset=custom"
+        )
     return path
 
 
 def _custom_rows(cfg: RunConfig, split: str) -> list[owndata.Row]:
     d = cfg.data
-    return owndata.load_rows(_custom_file(cfg, split), d.format, source_field=d.source_field,
-                             target_field=d.target_field, group_field=d.group_field)
+    return owndata.load_rows(
+        _custom_file(cfg, split),
+        d.format,
+        source_field=d.source_field,
+        target_field=d.target_field,
+        group_field=d.group_field,
+    )
 
 
 def _custom_examples(cfg: RunConfig, split: str) -> list[Example]:
@@ -82,8 +91,9 @@ def _custom_examples(cfg: RunConfig, split: str) -> list[Example]:
 
 def _e2e_decode(cfg: RunConfig, split: str, limit: int | None) -> DecodeSet:
     # tables in the form the run trained on; references always raw (the official scorer's)
-    groups = group_by_mr(load_e2e(split, variant=cfg.data.variant, data_dir=cfg.data.dir,
-                                  on_error=cfg.data.on_error))[:limit]
+    groups = group_by_mr(load_e2e(split, variant=cfg.data.variant, data_dir=cfg.data.dir, on_error=cfg.data.on_error))[
+        :limit
+    ]
     tokenized = cfg.data.ref_style == "tokenized"
     tables = [linearize_mr(g.mr, tokenized=True) for g in groups] if tokenized else [g.table for g in groups]
     refs = [tuple(g.refs) for g in groups]
@@ -97,25 +107,39 @@ def _webnlg_decode(cfg: RunConfig, split: str, limit: int | None) -> DecodeSet:
         seen = {e.table: e.seen for e in entries}
         n_seen = (limit + 1) // 2 if any(not seen[g.table] for g in groups) else limit
         first_seen = [g.table for g in groups if seen[g.table]][:n_seen]
-        first_unseen = [g.table for g in groups if not seen[g.table]][:limit - len(first_seen)]
+        first_unseen = [g.table for g in groups if not seen[g.table]][: limit - len(first_seen)]
         chosen = set(first_seen + first_unseen)
         groups = [g for g in groups if g.table in chosen]
     kept = {g.table for g in groups}
     entries = [e for e in entries if e.table in kept]
-    return DecodeSet([g.table for g in groups], [tuple(g.refs) for g in groups],
-                     lambda hyps, metrics: webnlg.score_outputs(entries, groups, hyps, metrics))
+    return DecodeSet(
+        [g.table for g in groups],
+        [tuple(g.refs) for g in groups],
+        lambda hyps, metrics: webnlg.score_outputs(entries, groups, hyps, metrics),
+    )
 
 
 def _custom_decode(cfg: RunConfig, split: str, limit: int | None) -> DecodeSet:
     groups = owndata.source_groups(_custom_rows(cfg, split))[:limit]
-    return DecodeSet([g.source for g in groups], [g.refs for g in groups], lambda hyps, metrics: owndata.score_by_group(
-        groups, hyps, lambda refs, outs: score_outputs(refs, outs, metrics)))
+    return DecodeSet(
+        [g.source for g in groups],
+        [g.refs for g in groups],
+        lambda hyps, metrics: owndata.score_by_group(
+            groups, hyps, lambda refs, outs: score_outputs(refs, outs, metrics)
+        ),
+    )
 
 
 EXAMPLES: dict[str, Callable[[RunConfig, str], list[Example]]] = {
-    "e2e": _e2e_examples, "webnlg": _webnlg_examples, "custom": _custom_examples}
+    "e2e": _e2e_examples,
+    "webnlg": _webnlg_examples,
+    "custom": _custom_examples,
+}
 DECODE: dict[str, Callable[[RunConfig, str, int | None], DecodeSet]] = {
-    "e2e": _e2e_decode, "webnlg": _webnlg_decode, "custom": _custom_decode}
+    "e2e": _e2e_decode,
+    "webnlg": _webnlg_decode,
+    "custom": _custom_decode,
+}
 
 
 def train_dev_examples(cfg: RunConfig) -> tuple[list[Example], list[Example]]:

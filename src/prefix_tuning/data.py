@@ -58,6 +58,7 @@ IGNORE_INDEX = -100
 
 # ------------------------------------------------------------------------------------------ low data
 
+
 def _permutation(n: int, seed: int) -> list[int]:
     """A seeded permutation of range(n) that is the same on every machine and Python version: a
     Fisher-Yates shuffle driven only by `random.Random(seed).random()`, the one output Python guarantees
@@ -83,10 +84,11 @@ def low_data_split(examples: Sequence[Example], size: int, seed: int) -> tuple[l
         raise ValueError(f"low-data size must be a positive int, got {size!r}")
     n_dev = round(0.3 * size)
     if size + n_dev > len(examples):
-        raise ValueError(f"low-data size {size} needs {size + n_dev} examples (train + 30% dev); "
-                         f"only {len(examples)} given")
+        raise ValueError(
+            f"low-data size {size} needs {size + n_dev} examples (train + 30% dev); only {len(examples)} given"
+        )
     order = _permutation(len(examples), seed)
-    train_idx, dev_idx = sorted(order[:size]), sorted(order[size:size + n_dev])
+    train_idx, dev_idx = sorted(order[:size]), sorted(order[size : size + n_dev])
     return [examples[i] for i in train_idx], [examples[i] for i in dev_idx]
 
 
@@ -103,8 +105,10 @@ def eos_id_of(tokenizer) -> int:
     """The tokenizer's EOS id: the separator and the end of every training target, and what ends a generated text."""
     eos = tokenizer.eos_token_id
     if eos is None:
-        raise ValueError(f"{type(tokenizer).__name__} has no eos_token; expected a causal-LM tokenizer with one "
-                         "(the separator and the end of every target are eos)")
+        raise ValueError(
+            f"{type(tokenizer).__name__} has no eos_token; expected a causal-LM tokenizer with one "
+            "(the separator and the end of every target are eos)"
+        )
     return int(eos)
 
 
@@ -119,7 +123,7 @@ def _start_ids(tokenizer) -> list[int]:
     plain = tokenizer(probe, add_special_tokens=False)["input_ids"]
     start: list[int] = []
     for i in range(len(with_special) - len(plain) + 1):
-        if with_special[i:i + len(plain)] == plain:
+        if with_special[i : i + len(plain)] == plain:
             start = list(with_special[:i])
             break
     try:
@@ -129,14 +133,17 @@ def _start_ids(tokenizer) -> list[int]:
     return start
 
 
-def _assemble(start: list[int], table_ids: list[int], ref_ids: list[int], eos: int,
-              max_length: int | None) -> tuple[list[int], list[int]]:
+def _assemble(
+    start: list[int], table_ids: list[int], ref_ids: list[int], eos: int, max_length: int | None
+) -> tuple[list[int], list[int]]:
     prompt = start + table_ids + [eos]
     if max_length is not None:
         room = max_length - len(prompt) - 1
         if room < 0:
-            raise DataError(f"prompt of {len(prompt)} tokens + final eos exceed max_length={max_length}; "
-                            "expected a max_length that fits the table, separator and end token")
+            raise DataError(
+                f"prompt of {len(prompt)} tokens + final eos exceed max_length={max_length}; "
+                "expected a max_length that fits the table, separator and end token"
+            )
         ref_ids = ref_ids[:room]
     target = ref_ids + [eos]
     return prompt + target, [IGNORE_INDEX] * len(prompt) + target
@@ -166,18 +173,17 @@ class E2EDataset(torch.utils.data.Dataset):
     """Examples tokenised once (in batched tokenizer calls); item i is `(input_ids, labels)` as lists of ints,
     equal to `encode_example(tokenizer, ex.table, ex.ref, max_length=max_length)`."""
 
-    def __init__(self, examples: Sequence[Example], tokenizer, *, max_length: int | None = None,
-                 chunk: int = 4096):
+    def __init__(self, examples: Sequence[Example], tokenizer, *, max_length: int | None = None, chunk: int = 4096):
         self.examples = list(examples)
         eos, start = eos_id_of(tokenizer), _start_ids(tokenizer)
         tables: dict[str, list[int]] = {}
         unique = list(dict.fromkeys(e.table for e in self.examples))
         for i in range(0, len(unique), chunk):
-            part = unique[i:i + chunk]
+            part = unique[i : i + chunk]
             tables.update(zip(part, _text_ids(tokenizer, [f" {t} " for t in part])))
         self.items: list[tuple[list[int], list[int]]] = []
         for i in range(0, len(self.examples), chunk):
-            part = self.examples[i:i + chunk]
+            part = self.examples[i : i + chunk]
             refs = _text_ids(tokenizer, [f" {e.ref} " for e in part])
             for e, r in zip(part, refs):
                 try:

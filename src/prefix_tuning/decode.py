@@ -44,8 +44,9 @@ def newline_token_ids(tokenizer) -> tuple[int, ...]:
     if key not in _newline_cache:
         texts = tokenizer.batch_decode([[i] for i in range(len(tokenizer))], clean_up_tokenization_spaces=False)
         special = set(tokenizer.all_special_ids)
-        _newline_cache[key] = tuple(i for i, t in enumerate(texts)
-                                    if i not in special and len(f"x{t}x".splitlines()) > 1)
+        _newline_cache[key] = tuple(
+            i for i, t in enumerate(texts) if i not in special and len(f"x{t}x".splitlines()) > 1
+        )
     return _newline_cache[key]
 
 
@@ -61,9 +62,18 @@ def ids_to_text(tokenizer, ids: Sequence[int]) -> str:
     return " ".join(text.splitlines()).strip()
 
 
-def decode(model: nn.Module, tokenizer, tables: Sequence[str], prefix: Tensor | Sequence[Tensor] | None = None,
-           cfg: DecodeConfig | None = None, *, prefix_index: Sequence[int] | None = None, progress: bool = False,
-           banned_ids: Sequence[int] = (), position: str = "prefix") -> list[str]:
+def decode(
+    model: nn.Module,
+    tokenizer,
+    tables: Sequence[str],
+    prefix: Tensor | Sequence[Tensor] | None = None,
+    cfg: DecodeConfig | None = None,
+    *,
+    prefix_index: Sequence[int] | None = None,
+    progress: bool = False,
+    banned_ids: Sequence[int] = (),
+    position: str = "prefix",
+) -> list[str]:
     """One generated text per linearised table (see the module docstring for prefix forms and defaults).
 
     The prompt of a table is `prefix_tuning.data.encode_prompt` (the training sequence up to and including
@@ -79,6 +89,14 @@ def decode(model: nn.Module, tokenizer, tables: Sequence[str], prefix: Tensor | 
         prefixes, prompts = infix_prompts(model, prompts, prefixes)
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else settings.eos_id
     precision = resolve_precision(cfg.precision, next(model.parameters()).device)
-    ids = decode_ids(model, prompts, prefixes, settings, pad_id=pad, batch_size=cfg.batch_size,
-                     precision=precision, progress=progress)
+    ids = decode_ids(
+        model,
+        prompts,
+        prefixes,
+        settings,
+        pad_id=pad,
+        batch_size=cfg.batch_size,
+        precision=precision,
+        progress=progress,
+    )
     return [ids_to_text(tokenizer, g) for g in ids]

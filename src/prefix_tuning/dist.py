@@ -64,7 +64,7 @@ class Processes:
         flat = self.accelerator.reduce(flat, reduction="sum")
         at = 0
         for p in params:
-            p.grad.copy_(flat[at:at + p.numel()].view_as(p.grad))
+            p.grad.copy_(flat[at : at + p.numel()].view_as(p.grad))
             at += p.numel()
 
     def wait(self) -> None:
@@ -84,9 +84,11 @@ def start(device: torch.device) -> Processes:
 def check_split(batch_size: int, world: int, grad_accum: int) -> None:
     """A global batch must split evenly into processes x accumulation steps, or the recipe would change."""
     if batch_size % (world * grad_accum):
-        raise ValueError(f"train.batch_size={batch_size} (the global batch) does not split into {world} "
-                         f"process(es) x train.grad_accum={grad_accum} micro-batches; choose a batch size that "
-                         f"is a multiple of {world * grad_accum} or another grad_accum / process count")
+        raise ValueError(
+            f"train.batch_size={batch_size} (the global batch) does not split into {world} "
+            f"process(es) x train.grad_accum={grad_accum} micro-batches; choose a batch size that "
+            f"is a multiple of {world * grad_accum} or another grad_accum / process count"
+        )
 
 
 def micro_batches(idx: list[T], world: int, rank: int, grad_accum: int) -> list[list[T]]:
@@ -96,11 +98,11 @@ def micro_batches(idx: list[T], world: int, rank: int, grad_accum: int) -> list[
     n, parts = len(idx), world * grad_accum
     cuts = [k * n // parts for k in range(parts + 1)]
     mine = range(rank * grad_accum, (rank + 1) * grad_accum)
-    return [idx[cuts[k]:cuts[k + 1]] for k in mine if cuts[k + 1] > cuts[k]]
+    return [idx[cuts[k] : cuts[k + 1]] for k in mine if cuts[k + 1] > cuts[k]]
 
 
 def shard(items: Sequence[T], world: int, rank: int) -> list[T]:
     """This process's consecutive share of `items` (each item in exactly one process; merged in rank order
     they are `items` again)."""
     n = len(items)
-    return list(items[rank * n // world:(rank + 1) * n // world])
+    return list(items[rank * n // world : (rank + 1) * n // world])

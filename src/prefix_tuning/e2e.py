@@ -92,6 +92,7 @@ class ExampleList(list):
 
 # ---------------------------------------------------------------------------------------------- MRs
 
+
 def _next_slot(mr: str, pos: int) -> tuple[str, str, int, str] | None:
     r"""(name, value, end, separator) of the `slot[value]` item at `pos`, or None. Scans with str.find: the
     regex `\s*([^\[\],]*?)\s*\[` it replaces backtracked cubically on a run of spaces (4,000 spaces: 63 s).
@@ -99,19 +100,19 @@ def _next_slot(mr: str, pos: int) -> tuple[str, str, int, str] | None:
     separator: `,`, or "" at the end of the MR; whitespace around items is ignored."""
     left = mr.find("[", pos)
     right = mr.find("]", left + 1) if left >= 0 else -1
-    if right < 0 or any(c in mr[pos:left] for c in "],") or "[" in mr[left + 1:right]:
+    if right < 0 or any(c in mr[pos:left] for c in "],") or "[" in mr[left + 1 : right]:
         return None
     end = right + 1
     while end < len(mr) and mr[end].isspace():
         end += 1
     if end < len(mr) and mr[end] != ",":
         return None
-    return mr[pos:left].strip(), mr[left + 1:right], min(end + 1, len(mr)), mr[end:end + 1]
+    return mr[pos:left].strip(), mr[left + 1 : right], min(end + 1, len(mr)), mr[end : end + 1]
 
 
 def _short(text: str, limit: int = 200) -> str:
     """repr of a text for a message, cut in the middle when long (a hostile MR can be megabytes)."""
-    return repr(text) if len(text) <= limit else f"{text[:limit // 2]!r}...{text[-limit // 2:]!r}"
+    return repr(text) if len(text) <= limit else f"{text[: limit // 2]!r}...{text[-limit // 2 :]!r}"
 
 
 def parse_mr(mr: str, *, where: str = "") -> list[tuple[str, str]]:
@@ -125,8 +126,15 @@ def parse_mr(mr: str, *, where: str = "") -> list[tuple[str, str]]:
         m = _next_slot(mr, pos)
         if m is None or not m[0] or not m[1].strip() or (m[3] == "," and m[2] >= last):
             rest = _short(mr[pos:].strip())
-            what = (f"cannot parse {rest}" if m is None else f"slot without a name at {rest}" if not m[0]
-                    else f"empty value in {rest}" if not m[1].strip() else "trailing comma")
+            what = (
+                f"cannot parse {rest}"
+                if m is None
+                else f"slot without a name at {rest}"
+                if not m[0]
+                else f"empty value in {rest}"
+                if not m[1].strip()
+                else "trailing comma"
+            )
             raise DataError(f"{at}unparseable MR {_short(mr)} ({what}); {expected}")
         slots.append((m[0], m[1].strip()))
         pos = m[2]
@@ -157,6 +165,7 @@ def group_by_mr(examples: Sequence[Example]) -> list[MRGroup]:
 
 # -------------------------------------------------------------------------------------- data location
 
+
 def cache_root() -> Path:
     """This package's user cache (data here, dequantised models in `models`): $PREFIX_TUNING_CACHE, else
     $XDG_CACHE_HOME/prefix-tuning (an absolute path only, as the XDG spec says), else ~/.cache/prefix-tuning."""
@@ -182,9 +191,12 @@ def _official_source(d: Path) -> Path | None:
 
 
 def _options_text(chosen: Path | None = None) -> str:
-    return (f"pass the data folder explicitly (data_dir / data.dir), set ${ENV_VAR} to it, or put the data in "
-            f"the user cache dir {_cache_dir()}" + (f" (looked in {chosen})" if chosen else "")
-            + f"; the official zip is {E2E_URL} (sha256 {E2E_SHA256}), expected at <data dir>/e2e/{ZIP_NAME}")
+    return (
+        f"pass the data folder explicitly (data_dir / data.dir), set ${ENV_VAR} to it, or put the data in "
+        f"the user cache dir {_cache_dir()}"
+        + (f" (looked in {chosen})" if chosen else "")
+        + f"; the official zip is {E2E_URL} (sha256 {E2E_SHA256}), expected at <data dir>/e2e/{ZIP_NAME}"
+    )
 
 
 def _pick_dir(path: str | os.PathLike | None) -> Path:
@@ -207,8 +219,9 @@ def resolve_data_dir(path: str | os.PathLike | None = None, *, download: bool = 
     if _official_source(d) is not None:
         return d
     if not download:
-        raise DataError(f"{d}: no E2E data found; expected {d / 'e2e' / ZIP_NAME} or a folder of the E2E CSVs. "
-                        + _options_text(d))
+        raise DataError(
+            f"{d}: no E2E data found; expected {d / 'e2e' / ZIP_NAME} or a folder of the E2E CSVs. " + _options_text(d)
+        )
     dest = d / "e2e" / ZIP_NAME
     try:
         download_e2e(dest)
@@ -226,8 +239,10 @@ def download_e2e(dest: Path, url: str | None = None, sha256: str | None = None) 
     try:
         dest.parent.mkdir(parents=True, exist_ok=True)
         h = hashlib.sha256()
-        with urllib.request.urlopen(url, timeout=60) as resp, \
-                tempfile.NamedTemporaryFile(dir=dest.parent, prefix=".download-", delete=False) as f:
+        with (
+            urllib.request.urlopen(url, timeout=60) as resp,
+            tempfile.NamedTemporaryFile(dir=dest.parent, prefix=".download-", delete=False) as f,
+        ):
             tmp = Path(f.name)
             while chunk := resp.read(1 << 20):
                 h.update(chunk)
@@ -257,25 +272,30 @@ def _read_official(d: Path, split: str) -> tuple[str, bytes]:
     src = _official_source(d)
     fname = _OFFICIAL_FILES[split]
     if src is None:
-        raise DataError(f"{d}: no E2E data found; expected {d / 'e2e' / ZIP_NAME} or a folder holding {fname}. "
-                        + _options_text(d))
+        raise DataError(
+            f"{d}: no E2E data found; expected {d / 'e2e' / ZIP_NAME} or a folder holding {fname}. " + _options_text(d)
+        )
     if src.is_file():
         try:
             with zipfile.ZipFile(src) as z:
                 names = [n for n in z.namelist() if n == fname or n.endswith("/" + fname)]
                 if not names:
-                    raise DataError(f"{src.name}: no member {fname}; expected the official release "
-                                    f"(e2e-dataset/{fname})")
+                    raise DataError(
+                        f"{src.name}: no member {fname}; expected the official release (e2e-dataset/{fname})"
+                    )
                 member = min(names, key=len)
                 return f"{src.name}:{member}", z.read(member)
         except DataError:
             raise
         except _BAD_ARCHIVE as err:
-            raise DataError(f"{src}:1: not a readable zip ({type(err).__name__}: {err}); expected the official "
-                            f"{ZIP_NAME}") from err
+            raise DataError(
+                f"{src}:1: not a readable zip ({type(err).__name__}: {err}); expected the official {ZIP_NAME}"
+            ) from err
     f = src / fname
     if not f.is_file():
-        raise DataError(f"{f}: file missing; expected {fname} beside {', '.join(sorted(p.name for p in src.glob('*.csv')))}")
+        raise DataError(
+            f"{f}: file missing; expected {fname} beside {', '.join(sorted(p.name for p in src.glob('*.csv')))}"
+        )
     return str(f), f.read_bytes()
 
 
@@ -291,8 +311,10 @@ def _read_cleaned(d: Path, split: str) -> tuple[str, bytes]:
                     except _BAD_ARCHIVE as err:
                         raise DataError(f"{f}:1: not a readable gzip file ({err}); expected gzipped CSV") from err
                 return str(f), raw
-    raise DataError(f"{d / 'e2e-cleaned'}: {fname}(.gz) not found; expected the cleaned E2E files "
-                    f"(tuetschek/e2e-cleaning: {', '.join(_CLEANED_FILES.values())}) in <data dir>/e2e-cleaned/")
+    raise DataError(
+        f"{d / 'e2e-cleaned'}: {fname}(.gz) not found; expected the cleaned E2E files "
+        f"(tuetschek/e2e-cleaning: {', '.join(_CLEANED_FILES.values())}) in <data dir>/e2e-cleaned/"
+    )
 
 
 def _clean_ref(ref: str) -> str:
@@ -326,8 +348,10 @@ def _parse_csv(name: str, raw: bytes, on_error: str) -> tuple[list[Example], lis
     cols = [c.strip().lower() for c in header]
     missing = [c for c in ("mr", "ref") if c not in cols]
     if missing:
-        raise DataError(f"{name}:1: header {header!r} lacks column {' and '.join(repr(c) for c in missing)}; "
-                        "expected a header with columns 'mr' and 'ref'")
+        raise DataError(
+            f"{name}:1: header {header!r} lacks column {' and '.join(repr(c) for c in missing)}; "
+            "expected a header with columns 'mr' and 'ref'"
+        )
     i_mr, i_ref = cols.index("mr"), cols.index("ref")
     out: list[Example] = []
     end = reader.line_num
@@ -379,8 +403,9 @@ def _has_bad_bytes(fields: Sequence[str]) -> bool:
     return any(re.search("[\udc80-\udcff]", f) for f in fields)
 
 
-def load_e2e(split: str, *, variant: str = "official", data_dir=None, on_error: str = "raise",
-             ref_style: str = "raw") -> ExampleList:
+def load_e2e(
+    split: str, *, variant: str = "official", data_dir=None, on_error: str = "raise", ref_style: str = "raw"
+) -> ExampleList:
     """Examples of one E2E split, one per CSV row, in file order.
 
     split: train / dev / test (test = `testset_w_refs.csv`, the MRs with their references).
@@ -413,15 +438,29 @@ def load_e2e(split: str, *, variant: str = "official", data_dir=None, on_error: 
     if ref_style == "tokenized":
         examples = _tokenize_examples(examples)
     if skipped:
-        msg = (f"{name}: skipped {len(skipped)} bad row(s): " + "; ".join(skipped[:3])
-               + ("; ..." if len(skipped) > 3 else ""))
+        msg = (
+            f"{name}: skipped {len(skipped)} bad row(s): "
+            + "; ".join(skipped[:3])
+            + ("; ..." if len(skipped) > 3 else "")
+        )
         log.warning(msg)
         warnings.warn(msg, stacklevel=2)
     return ExampleList(examples, skipped)
 
 
 __all__ = [
-    "DataError", "Example", "MRGroup", "ExampleList", "parse_mr", "linearize_mr", "group_by_mr",
-"resolve_data_dir", "download_e2e", "load_e2e",
-    "E2E_URL", "E2E_SHA256", "ENV_VAR", "SLOT_NAMES",
+    "DataError",
+    "Example",
+    "MRGroup",
+    "ExampleList",
+    "parse_mr",
+    "linearize_mr",
+    "group_by_mr",
+    "resolve_data_dir",
+    "download_e2e",
+    "load_e2e",
+    "E2E_URL",
+    "E2E_SHA256",
+    "ENV_VAR",
+    "SLOT_NAMES",
 ]

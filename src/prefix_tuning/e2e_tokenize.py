@@ -27,8 +27,9 @@ def _tokenizer():
     try:
         import spacy
     except ImportError as err:
-        raise ImportError("ref_style='tokenized' needs spaCy's English tokenizer: pip install spacy "
-                          "(or use ref_style='raw')") from err
+        raise ImportError(
+            "ref_style='tokenized' needs spaCy's English tokenizer: pip install spacy (or use ref_style='raw')"
+        ) from err
     return spacy.blank("en").tokenizer
 
 

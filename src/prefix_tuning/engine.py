@@ -108,8 +108,17 @@ class Engine:
     server, for comparison in benchmarks/serve.py). step_sleep: seconds to sleep after each step (tests use it
     to stand in for a slower model)."""
 
-    def __init__(self, model: nn.Module, *, eos_id: int, pad_id: int | None = None, max_batch: int = 64,
-                 max_waiting: int = 256, mix_prefixes: bool = True, step_sleep: float = 0.0):
+    def __init__(
+        self,
+        model: nn.Module,
+        *,
+        eos_id: int,
+        pad_id: int | None = None,
+        max_batch: int = 64,
+        max_waiting: int = 256,
+        mix_prefixes: bool = True,
+        step_sleep: float = 0.0,
+    ):
         types = set(getattr(model.config, "layer_types", None) or ["full_attention"])
         if types != {"full_attention"}:
             raise ValueError(f"continuous batching needs full-attention layers only, the model has {sorted(types)}")
@@ -139,8 +148,9 @@ class Engine:
             if not r.prompt:
                 raise ValueError("every prompt needs at least one token")
             if r.max_new_tokens < 1 or not 0 <= r.min_new_tokens <= r.max_new_tokens:
-                raise ValueError(f"impossible lengths: max_new_tokens={r.max_new_tokens}, "
-                                 f"min_new_tokens={r.min_new_tokens}")
+                raise ValueError(
+                    f"impossible lengths: max_new_tokens={r.max_new_tokens}, min_new_tokens={r.min_new_tokens}"
+                )
         with self.cond:
             if not self.accepting:
                 raise EngineClosed("the server is shutting down")
@@ -181,8 +191,11 @@ class Engine:
                     gone.append(r)
                 elif len(self.rows) + len(joiners) >= self.max_batch:
                     keep.append(r)
-                elif self.mix_prefixes or (not self.rows and not joiners) or r.prefix is (running if self.rows
-                                                                                          else joiners[0].prefix):
+                elif (
+                    self.mix_prefixes
+                    or (not self.rows and not joiners)
+                    or r.prefix is (running if self.rows else joiners[0].prefix)
+                ):
                     joiners.append(r)
                 else:
                     keep.append(r)
@@ -197,8 +210,7 @@ class Engine:
         kw = {}
         if _takes_logits_to_keep(type(self.model)):
             kw["logits_to_keep"] = torch.tensor([T - 1], device=self.device) if T > 1 else 1
-        out = self.model(input_ids=input_ids, attention_mask=mask, position_ids=pos, cache=cache, use_cache=True,
-                         **kw)
+        out = self.model(input_ids=input_ids, attention_mask=mask, position_ids=pos, cache=cache, use_cache=True, **kw)
         return out.logits[:, -1, :].float()
 
     def _prefill(self, reqs: list[Request]):
@@ -213,18 +225,18 @@ class Engine:
         pos = torch.zeros(B, T, dtype=torch.long)
         for i, (r, P) in enumerate(zip(reqs, lens)):
             n = len(r.prompt)
-            ids[i, T - n:] = torch.tensor(r.prompt, dtype=torch.long)
-            mask[i, Pm - P:Pm] = 1
-            mask[i, Pm + T - n:] = 1
+            ids[i, T - n :] = torch.tensor(r.prompt, dtype=torch.long)
+            mask[i, Pm - P : Pm] = 1
+            mask[i, Pm + T - n :] = 1
             pos[i, :] = P
-            pos[i, T - n:] = P + torch.arange(n)
+            pos[i, T - n :] = P + torch.arange(n)
         cache = DynamicCache()
         if Pm:
             L, _, KV, _, D = next(r.prefix for r in reqs if r.prefix is not None).shape
             kv = torch.zeros(B, L, 2, KV, Pm, D, dtype=self.dtype, device=self.device)  # (B, L, 2, KV, Pm, D)
             for i, (r, P) in enumerate(zip(reqs, lens)):
                 if P:
-                    kv[i, ..., Pm - P:, :] = r.prefix.to(device=self.device, dtype=self.dtype)
+                    kv[i, ..., Pm - P :, :] = r.prefix.to(device=self.device, dtype=self.dtype)
             for layer in range(L):
                 cache.update(kv[:, layer, 0], kv[:, layer, 1], layer)  # (B, KV, Pm, D) each
         mask, pos = mask.to(self.device), pos.to(self.device)

@@ -64,14 +64,24 @@ def _cfg(base: dict, overrides: list[str], **sections) -> RunConfig:
 
 def _base(model: str, quick: bool, precision: str, threads: int | None) -> dict:
     if quick:  # seconds on a CPU: tiny random model, tiny data
-        return {"model": {"name": "tiny-gpt2"},
-                "data": {"max_length": 96, "dev_size": 8},
-                "method": {"mlp_hidden": 32, "init_steps": 20},
-                "train": {"lr": 1e-3, "batch_size": 4, "save_every": 4, "precision": "fp32", "num_threads": threads},
-                "decode": {"beam_size": 2, "max_new_tokens": 12, "min_new_tokens": 1, "batch_size": 8,
-                           "num_threads": threads}}
-    return {"model": {"name": model}, "train": {"precision": precision, "save_every": 100, "num_threads": threads},
-            "decode": {"precision": precision, "num_threads": threads}}
+        return {
+            "model": {"name": "tiny-gpt2"},
+            "data": {"max_length": 96, "dev_size": 8},
+            "method": {"mlp_hidden": 32, "init_steps": 20},
+            "train": {"lr": 1e-3, "batch_size": 4, "save_every": 4, "precision": "fp32", "num_threads": threads},
+            "decode": {
+                "beam_size": 2,
+                "max_new_tokens": 12,
+                "min_new_tokens": 1,
+                "batch_size": 8,
+                "num_threads": threads,
+            },
+        }
+    return {
+        "model": {"name": model},
+        "train": {"precision": precision, "save_every": 100, "num_threads": threads},
+        "decode": {"precision": precision, "num_threads": threads},
+    }
 
 
 @dataclass(frozen=True)
@@ -92,15 +102,25 @@ def _table1_runs(grid: Grid) -> list[RunSpec]:
     data = {"train_size": 24 if grid.quick else grid.train_size}
     train = lambda lr, **extra: {"lr": 1e-3, "max_steps": 6} if grid.quick else {"lr": paper.E2E_LR[lr], **extra}
     lora = paper.LORA_RECIPE
-    rows = [("prefix", {"name": "prefix", "prefix_length": paper.E2E_PREFIX_LENGTH}, train("prefix")),
-            ("finetune", {"name": "finetune"}, train("finetune")),
-            ("finetune-top2", {"name": "finetune-top", "top_k_layers": 2}, train("finetune")),
-            *[(row, {"name": "adapter", "adapter_bottleneck": None, "adapter_fraction": fraction}, train("adapter"))
-              for row, fraction in paper.ADAPTER_FRACTIONS.items()],
-            ("lora", {"name": "lora", "lora_rank": lora["rank"], "lora_alpha": lora["alpha"],
-                      "lora_dropout": lora["dropout"]},
-             train("lora", weight_decay=lora["weight_decay"], batch_size=lora["batch_size"],
-                   warmup_steps=lora["warmup_steps"]))]
+    rows = [
+        ("prefix", {"name": "prefix", "prefix_length": paper.E2E_PREFIX_LENGTH}, train("prefix")),
+        ("finetune", {"name": "finetune"}, train("finetune")),
+        ("finetune-top2", {"name": "finetune-top", "top_k_layers": 2}, train("finetune")),
+        *[
+            (row, {"name": "adapter", "adapter_bottleneck": None, "adapter_fraction": fraction}, train("adapter"))
+            for row, fraction in paper.ADAPTER_FRACTIONS.items()
+        ],
+        (
+            "lora",
+            {"name": "lora", "lora_rank": lora["rank"], "lora_alpha": lora["alpha"], "lora_dropout": lora["dropout"]},
+            train(
+                "lora",
+                weight_decay=lora["weight_decay"],
+                batch_size=lora["batch_size"],
+                warmup_steps=lora["warmup_steps"],
+            ),
+        ),
+    ]
     return [(name, {"method": name}, {"method": method, "train": t, "data": data}) for name, method, t in rows]
 
 
@@ -112,9 +132,15 @@ def _intrinsic_runs(grid: Grid) -> list[RunSpec]:
     """Embedding-only (and infix) vs the full prefix at P in {1, 10, 20} (§7.3), the E2E prefix recipe."""
     train = {"lr": 1e-3, "max_steps": 6} if grid.quick else {"lr": paper.E2E_LR["prefix"]}
     data = {"train_size": 24 if grid.quick else grid.train_size}
-    return [(f"{variant}-P{P}", {"method": variant, "prefix_length": P},
-             {"method": {"name": "prefix", "prefix_length": P, **settings}, "train": train, "data": data})
-            for P in ((2,) if grid.quick else paper.INTRINSIC_LENGTHS) for variant, settings in INTRINSIC_VARIANTS.items()]
+    return [
+        (
+            f"{variant}-P{P}",
+            {"method": variant, "prefix_length": P},
+            {"method": {"name": "prefix", "prefix_length": P, **settings}, "train": train, "data": data},
+        )
+        for P in ((2,) if grid.quick else paper.INTRINSIC_LENGTHS)
+        for variant, settings in INTRINSIC_VARIANTS.items()
+    ]
 
 
 def _init_runs(grid: Grid) -> list[RunSpec]:
@@ -123,28 +149,48 @@ def _init_runs(grid: Grid) -> list[RunSpec]:
     runs = []
     for size in (16,) if grid.quick else paper.INIT_SIZES:
         for seed in grid.seeds[:1] if grid.quick else grid.seeds:
-            train = {"max_steps": 6 if grid.quick else paper.LOWDATA_STEPS["prefix"].get(size, 400),
-                     "lr": 1e-3 if grid.quick else paper.LOWDATA_LR, "seed": 101 + seed, "batch_size": 4 if grid.quick else 10}
+            train = {
+                "max_steps": 6 if grid.quick else paper.LOWDATA_STEPS["prefix"].get(size, 400),
+                "lr": 1e-3 if grid.quick else paper.LOWDATA_LR,
+                "seed": 101 + seed,
+                "batch_size": 4 if grid.quick else 10,
+            }
             for init in ("random", *words):
-                method = ({"name": "prefix", "init": "random", "prefix_length": paper.E2E_PREFIX_LENGTH} if init == "random"
-                          else {"name": "prefix", "init": "words", "init_text": init, "prefix_length": None})
-                runs.append((f"init-{init.rstrip(':')}-n{size}-s{seed}", {"method": "prefix", "init": init, "size": size,
-                                                                           "seed": seed},
-                             {"method": method, "data": {"train_size": size, "subset_seed": seed}, "train": train}))
+                method = (
+                    {"name": "prefix", "init": "random", "prefix_length": paper.E2E_PREFIX_LENGTH}
+                    if init == "random"
+                    else {"name": "prefix", "init": "words", "init_text": init, "prefix_length": None}
+                )
+                runs.append(
+                    (
+                        f"init-{init.rstrip(':')}-n{size}-s{seed}",
+                        {"method": "prefix", "init": init, "size": size, "seed": seed},
+                        {"method": method, "data": {"train_size": size, "subset_seed": seed}, "train": train},
+                    )
+                )
     return runs
 
 
 def _ablation_runs(grid: Grid) -> list[RunSpec]:
     size = 24 if grid.quick else (grid.train_size or 200)
-    train = {"max_steps": 6 if grid.quick else paper.LOWDATA_STEPS["prefix"].get(size, 400),
-             "lr": 1e-3 if grid.quick else paper.E2E_LR["prefix"], "seed": 101}
-    return [(f"prefix-P{P}", {"method": "prefix", "prefix_length": P},
-             {"method": {"name": "prefix", "prefix_length": P}, "data": {"train_size": size}, "train": train})
-            for P in ((1, 5) if grid.quick else paper.ABLATION_LENGTHS)]
+    train = {
+        "max_steps": 6 if grid.quick else paper.LOWDATA_STEPS["prefix"].get(size, 400),
+        "lr": 1e-3 if grid.quick else paper.E2E_LR["prefix"],
+        "seed": 101,
+    }
+    return [
+        (
+            f"prefix-P{P}",
+            {"method": "prefix", "prefix_length": P},
+            {"method": {"name": "prefix", "prefix_length": P}, "data": {"train_size": size}, "train": train},
+        )
+        for P in ((1, 5) if grid.quick else paper.ABLATION_LENGTHS)
+    ]
 
 
-def _size_seed_runs(sizes: tuple[int, ...], seeds: tuple[int, ...], quick: bool,
-                    budget: Callable[[str, int], int]) -> list[RunSpec]:
+def _size_seed_runs(
+    sizes: tuple[int, ...], seeds: tuple[int, ...], quick: bool, budget: Callable[[str, int], int]
+) -> list[RunSpec]:
     """Prefix-tuning (initialised from "table-to-text:") and fine-tuning per train size and seed (§7.1);
     budget(method, size): max steps."""
     runs = []
@@ -152,16 +198,29 @@ def _size_seed_runs(sizes: tuple[int, ...], seeds: tuple[int, ...], quick: bool,
         for seed in seeds:
             for m in ("prefix", "finetune"):
                 method = {"name": m} if m == "finetune" else {"name": "prefix", "init": "words", "prefix_length": None}
-                train = {"max_steps": 6 if quick else budget(m, size),
-                         "lr": 1e-3 if quick else paper.LOWDATA_LR, "seed": 101 + seed, "batch_size": 4 if quick else 10}
-                runs.append((f"{m}-n{size}-s{seed}", {"method": m, "size": size, "seed": seed},
-                             {"method": method, "data": {"train_size": size, "subset_seed": seed}, "train": train}))
+                train = {
+                    "max_steps": 6 if quick else budget(m, size),
+                    "lr": 1e-3 if quick else paper.LOWDATA_LR,
+                    "seed": 101 + seed,
+                    "batch_size": 4 if quick else 10,
+                }
+                runs.append(
+                    (
+                        f"{m}-n{size}-s{seed}",
+                        {"method": m, "size": size, "seed": seed},
+                        {"method": method, "data": {"train_size": size, "subset_seed": seed}, "train": train},
+                    )
+                )
     return runs
 
 
 def _lowdata_runs(grid: Grid) -> list[RunSpec]:
-    return _size_seed_runs((16, 24) if grid.quick else grid.sizes, grid.seeds, grid.quick,
-                           lambda m, size: paper.LOWDATA_STEPS[m].get(size, 400))
+    return _size_seed_runs(
+        (16, 24) if grid.quick else grid.sizes,
+        grid.seeds,
+        grid.quick,
+        lambda m, size: paper.LOWDATA_STEPS[m].get(size, 400),
+    )
 
 
 def _webnlg_runs(grid: Grid) -> list[RunSpec]:
@@ -171,12 +230,22 @@ def _webnlg_runs(grid: Grid) -> list[RunSpec]:
     for seed in grid.seeds:
         for m in ("prefix", "finetune"):
             method = {"name": m} | ({"prefix_length": paper.WEBNLG_PREFIX_LENGTH} if m == "prefix" else {})
-            train = ({"max_steps": 6, "lr": 1e-3} if grid.quick else
-                     {"epochs": paper.WEBNLG_EPOCHS, "lr": paper.WEBNLG_LR[m], "batch_size": paper.WEBNLG_BATCH})
-            runs.append((f"{m}-s{seed}", {"method": m, "size": size, "seed": seed},
-                         {"method": method, "train": train | {"seed": 101 + seed},
-                          "data": {"dataset": "webnlg", "train_size": size, "subset_seed": seed,
-                                   "max_length": 512}}))  # longest WebNLG sequence: 261 GPT-2 tokens
+            train = (
+                {"max_steps": 6, "lr": 1e-3}
+                if grid.quick
+                else {"epochs": paper.WEBNLG_EPOCHS, "lr": paper.WEBNLG_LR[m], "batch_size": paper.WEBNLG_BATCH}
+            )
+            runs.append(
+                (
+                    f"{m}-s{seed}",
+                    {"method": m, "size": size, "seed": seed},
+                    {
+                        "method": method,
+                        "train": train | {"seed": 101 + seed},
+                        "data": {"dataset": "webnlg", "train_size": size, "subset_seed": seed, "max_length": 512},
+                    },
+                )
+            )  # longest WebNLG sequence: 261 GPT-2 tokens
     return runs
 
 
@@ -197,17 +266,32 @@ class Experiment:
     quick_metrics: tuple[str, ...] | None = None  # --quick scores only these (None: all)
 
 
-EXPERIMENTS = {e.name: e for e in [
-    Experiment("table1", _table1_runs, (rep.table1_rows, rep.speed_and_storage, rep.paper_e2e), (rep.method_bars,)),
-    Experiment("intrinsic", _intrinsic_runs, (rep.intrinsic_rows,), (rep.intrinsic_plot,)),
-    Experiment("init", _init_runs, (rep.init_rows,), (rep.init_plot,)),
-    Experiment("ablation", _ablation_runs, (), (rep.ablation_plot,)),
-    Experiment("lowdata", _lowdata_runs, (rep.seed_means, rep.speed_and_storage), (rep.lowdata_plot,)),
-    Experiment("demo", _demo_runs, (rep.seed_means, rep.speed_and_storage), (rep.method_bars,),
-               default_model="smollm2-135m", default_test_limit=100),
-    Experiment("webnlg", _webnlg_runs, (webnlg_report.sua_table, rep.speed_and_storage), (webnlg_report.sua_plot,),
-               default_model="smollm2-135m", quick_metrics=("BLEU", "TER")),  # METEOR's JVM: ~15 s per run
-]}
+EXPERIMENTS = {
+    e.name: e
+    for e in [
+        Experiment("table1", _table1_runs, (rep.table1_rows, rep.speed_and_storage, rep.paper_e2e), (rep.method_bars,)),
+        Experiment("intrinsic", _intrinsic_runs, (rep.intrinsic_rows,), (rep.intrinsic_plot,)),
+        Experiment("init", _init_runs, (rep.init_rows,), (rep.init_plot,)),
+        Experiment("ablation", _ablation_runs, (), (rep.ablation_plot,)),
+        Experiment("lowdata", _lowdata_runs, (rep.seed_means, rep.speed_and_storage), (rep.lowdata_plot,)),
+        Experiment(
+            "demo",
+            _demo_runs,
+            (rep.seed_means, rep.speed_and_storage),
+            (rep.method_bars,),
+            default_model="smollm2-135m",
+            default_test_limit=100,
+        ),
+        Experiment(
+            "webnlg",
+            _webnlg_runs,
+            (webnlg_report.sua_table, rep.speed_and_storage),
+            (webnlg_report.sua_plot,),
+            default_model="smollm2-135m",
+            quick_metrics=("BLEU", "TER"),
+        ),  # METEOR's JVM: ~15 s per run
+    ]
+}
 
 
 def experiment(name: str) -> Experiment:
@@ -216,9 +300,18 @@ def experiment(name: str) -> Experiment:
     return EXPERIMENTS[name]
 
 
-def plan(name: str, *, model: str | None = None, grid: Grid = Grid(), test_limit: int | None = None,
-         precision: str = "auto", threads: int | None = None, overrides: list[str] = (),
-         runs_dir: Path = Path("runs"), metrics: tuple[str, ...] | None = None) -> Plan:
+def plan(
+    name: str,
+    *,
+    model: str | None = None,
+    grid: Grid = Grid(),
+    test_limit: int | None = None,
+    precision: str = "auto",
+    threads: int | None = None,
+    overrides: list[str] = (),
+    runs_dir: Path = Path("runs"),
+    metrics: tuple[str, ...] | None = None,
+) -> Plan:
     """The runs of an experiment (model: default the experiment's). `grid.quick` shrinks everything to a tiny
     model for smoke tests."""
     exp = experiment(name)
@@ -234,8 +327,13 @@ def plan(name: str, *, model: str | None = None, grid: Grid = Grid(), test_limit
     return Plan(name, runs, test_limit if test_limit is not None else default_limit, metrics)
 
 
-def run_one(run: Run, test_limit: int | None, out_dir: Path, keep_checkpoints: bool = False,
-            metrics: tuple[str, ...] | None = None) -> dict:
+def run_one(
+    run: Run,
+    test_limit: int | None,
+    out_dir: Path,
+    keep_checkpoints: bool = False,
+    metrics: tuple[str, ...] | None = None,
+) -> dict:
     """train -> generate -> evaluate for one run, skipping whatever already finished."""
     rd = RunDir(run.cfg.out_dir)
     done = read_result(rd)
@@ -248,19 +346,39 @@ def run_one(run: Run, test_limit: int | None, out_dir: Path, keep_checkpoints: b
     t0 = time.perf_counter()
     res = train(run.cfg)
     t1 = time.perf_counter()
-    files = generate_run(rd.path, "test", rd.result_decoded.outputs, limit=test_limit, device=run.cfg.train.device,
-                         progress=True, metrics=metrics)
+    files = generate_run(
+        rd.path,
+        "test",
+        rd.result_decoded.outputs,
+        limit=test_limit,
+        device=run.cfg.train.device,
+        progress=True,
+        metrics=metrics,
+    )
     t2 = time.perf_counter()
     scores = json.loads(files.scores.read_text(encoding="utf-8"))
-    result = {"name": run.name, **run.group, "method_name": run.cfg.method.name,
-              "metrics": {k: v for k, v in scores.items() if k in METRICS or k in webnlg_report.SPLITS}, "metrics_signature": scores.get("signature"),
-              "train_seconds": res.train_seconds, "seconds_per_epoch": res.seconds_per_epoch, "steps": res.steps,
-              "best_dev_loss": res.best_dev_loss, "stored_params": res.stored_params,
-              "trainable_params": res.trainable_params, "checkpoint_bytes": res.artifact.stat().st_size,
-              "decode_seconds": t2 - t1, "wall_seconds": t2 - t0, "test_mrs": test_limit or "all",
-              "precision": {"train": res.precision, "decode": scores["decode"]["precision"]},
-              "threads": res.threads, "device": run.cfg.train.device, "cpu": describe_cpu(),
-              "config": _resolved_config(run.cfg, res.precision, scores["decode"]["precision"])}
+    result = {
+        "name": run.name,
+        **run.group,
+        "method_name": run.cfg.method.name,
+        "metrics": {k: v for k, v in scores.items() if k in METRICS or k in webnlg_report.SPLITS},
+        "metrics_signature": scores.get("signature"),
+        "train_seconds": res.train_seconds,
+        "seconds_per_epoch": res.seconds_per_epoch,
+        "steps": res.steps,
+        "best_dev_loss": res.best_dev_loss,
+        "stored_params": res.stored_params,
+        "trainable_params": res.trainable_params,
+        "checkpoint_bytes": res.artifact.stat().st_size,
+        "decode_seconds": t2 - t1,
+        "wall_seconds": t2 - t0,
+        "test_mrs": test_limit or "all",
+        "precision": {"train": res.precision, "decode": scores["decode"]["precision"]},
+        "threads": res.threads,
+        "device": run.cfg.train.device,
+        "cpu": describe_cpu(),
+        "config": _resolved_config(run.cfg, res.precision, scores["decode"]["precision"]),
+    }
     _copy_outputs(run.name, files.outputs, out_dir)
     if not keep_checkpoints:
         rd.checkpoint.unlink(missing_ok=True)

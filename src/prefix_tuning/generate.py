@@ -49,8 +49,9 @@ class GenerateJob:
     name: str  # the split, or the MR file's stem
 
 
-def load_tables(split: str, cfg: RunConfig, *, limit: int | None = None, mrs: str | Path | None = None
-                ) -> tuple[list[str], list[tuple[str, ...]] | None, Scorer | None]:
+def load_tables(
+    split: str, cfg: RunConfig, *, limit: int | None = None, mrs: str | Path | None = None
+) -> tuple[list[str], list[tuple[str, ...]] | None, Scorer | None]:
     """Tables (one per unique source, order of first appearance), their references and their scorer, from the
     run's dataset (`corpora.decode_set`: e2e, webnlg or custom), or from `mrs`: a file with one source per
     line (E2E: an MR `name[The Eagle], eatType[pub]`, linearised; other datasets: the source as is; blank lines
@@ -58,8 +59,15 @@ def load_tables(split: str, cfg: RunConfig, *, limit: int | None = None, mrs: st
     if mrs is not None:
         lines = Path(mrs).read_text(encoding="utf-8").splitlines()
         tokenized = cfg.data.ref_style == "tokenized"
-        tables = [(linearize_mr(line.strip(), where=f"{mrs}:{n}", tokenized=tokenized)
-                   if cfg.data.dataset == "e2e" else line.strip()) for n, line in enumerate(lines, 1) if line.strip()]
+        tables = [
+            (
+                linearize_mr(line.strip(), where=f"{mrs}:{n}", tokenized=tokenized)
+                if cfg.data.dataset == "e2e"
+                else line.strip()
+            )
+            for n, line in enumerate(lines, 1)
+            if line.strip()
+        ]
         return tables[:limit], None, None
     ds = decode_set(cfg, split, limit)
     return ds.tables, ds.refs, ds.score
@@ -84,10 +92,19 @@ def _load_group(jobs: list[GenerateJob], device) -> tuple[nn.Module, object, lis
     return first.model, first.tokenizer, [first.prefix] + [read_prefix(job.run, shape, device) for job in jobs[1:]]
 
 
-def generate_runs(run_dirs: Sequence[str | Path], split: str = "test", *, out: str | Path | None = None,
-                  limit: int | None = None, mrs: str | Path | None = None, device: str = "cpu",
-                  progress: bool = False, scores: bool = True, metrics: Sequence[str] | None = None,
-                  **overrides) -> list[DecodeFiles]:
+def generate_runs(
+    run_dirs: Sequence[str | Path],
+    split: str = "test",
+    *,
+    out: str | Path | None = None,
+    limit: int | None = None,
+    mrs: str | Path | None = None,
+    device: str = "cpu",
+    progress: bool = False,
+    scores: bool = True,
+    metrics: Sequence[str] | None = None,
+    **overrides,
+) -> list[DecodeFiles]:
     """Decode several run dirs; prefix runs over the same base model (and decoding settings) share batches.
 
     overrides: DecodeConfig fields (beam_size=..., precision=..., early_stopping=...), applied over each
@@ -128,10 +145,20 @@ def generate_runs(run_dirs: Sequence[str | Path], split: str = "test", *, out: s
         with_prefix = prefixes[0] is not None
         mine = shard(range(len(tables)), procs.world, procs.rank)  # this process's rows (all of them alone)
         t0 = time.time()
-        texts = decode(model, tokenizer, [tables[i] for i in mine], prefixes if with_prefix else None, d,
-                       prefix_index=[index[i] for i in mine] if with_prefix else None,
-                       progress=progress and procs.is_main,
-                       position=group[0].cfg.method.position) if mine else []
+        texts = (
+            decode(
+                model,
+                tokenizer,
+                [tables[i] for i in mine],
+                prefixes if with_prefix else None,
+                d,
+                prefix_index=[index[i] for i in mine] if with_prefix else None,
+                progress=progress and procs.is_main,
+                position=group[0].cfg.method.position,
+            )
+            if mine
+            else []
+        )
         if procs.world > 1:
             texts = gather_object(texts)  # every process's outputs, in rank order: the rows in order
         seconds = time.time() - t0
@@ -140,19 +167,26 @@ def generate_runs(run_dirs: Sequence[str | Path], split: str = "test", *, out: s
             continue
         at = 0
         for job in group:
-            hyps, at = texts[at:at + len(job.tables)], at + len(job.tables)
+            hyps, at = texts[at : at + len(job.tables)], at + len(job.tables)
             res = None
             if job.score is not None and scores:
                 res = job.score(hyps, metrics)
-                res.update(split=job.name, n_mrs=len(hyps), decode=dataclasses.asdict(d), threads=threads,
-                           decode_seconds=round(seconds, 2), decoded_with=[str(j.run.path) for j in group])
+                res.update(
+                    split=job.name,
+                    n_mrs=len(hyps),
+                    decode=dataclasses.asdict(d),
+                    threads=threads,
+                    decode_seconds=round(seconds, 2),
+                    decoded_with=[str(j.run.path) for j in group],
+                )
             write_decoded(job.files, hyps, job.refs, res)
         del model
     procs.wait()  # the files are written when any process returns
     return [job.files for job in jobs]
 
 
-def generate_run(run_dir: str | Path, split: str = "test", out: str | Path | None = None, *,
-                 limit: int | None = None, **kwargs) -> DecodeFiles:
+def generate_run(
+    run_dir: str | Path, split: str = "test", out: str | Path | None = None, *, limit: int | None = None, **kwargs
+) -> DecodeFiles:
     """Decode one run dir (see `generate_runs`); returns its files."""
     return generate_runs([run_dir], split, out=out, limit=limit, **kwargs)[0]

@@ -69,9 +69,12 @@ def resolve_precision(spec: str, device: torch.device) -> str:
         return "bf16" if native else "fp32"
     if spec == "bf16" and not native and "bf16" not in _warned:
         _warned.add("bf16")
-        warnings.warn(f"precision bf16 on a CPU without native bf16 ({cpu_capability()}, no AVX512-BF16/AMX): "
-                      "torch emulates it, ~30x slower than fp32 (measured: 206 s vs 6 s per SmolLM2-135M "
-                      "training step). Use precision=auto or fp32.", stacklevel=2)
+        warnings.warn(
+            f"precision bf16 on a CPU without native bf16 ({cpu_capability()}, no AVX512-BF16/AMX): "
+            "torch emulates it, ~30x slower than fp32 (measured: 206 s vs 6 s per SmolLM2-135M "
+            "training step). Use precision=auto or fp32.",
+            stacklevel=2,
+        )
     return spec
 
 

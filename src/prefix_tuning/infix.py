@@ -31,22 +31,29 @@ def context_activations(model: nn.Module, xs: Sequence[Sequence[int]]) -> list[T
     ids = torch.zeros(len(xs), X, dtype=torch.long, device=device)
     mask = torch.zeros_like(ids)
     for i, x in enumerate(xs):  # left-padded: every row's real tokens end at X
-        ids[i, X - len(x):] = torch.tensor(list(x), device=device)
-        mask[i, X - len(x):] = 1
+        ids[i, X - len(x) :] = torch.tensor(list(x), device=device)
+        mask[i, X - len(x) :] = 1
     cache = DynamicCache()
-    model(input_ids=ids, attention_mask=mask, position_ids=(mask.cumsum(-1) - 1).clamp(min=0), cache=cache,
-          use_cache=True, logits_to_keep=1)
+    model(
+        input_ids=ids,
+        attention_mask=mask,
+        position_ids=(mask.cumsum(-1) - 1).clamp(min=0),
+        cache=cache,
+        use_cache=True,
+        logits_to_keep=1,
+    )
     kv = torch.stack([torch.stack([k, v], 1) for k, v in cache_layers(cache)], 1)  # (B, L, 2, KV, X, D)
-    return [kv[i, ..., X - len(x):, :] for i, x in enumerate(xs)]
+    return [kv[i, ..., X - len(x) :, :] for i, x in enumerate(xs)]
 
 
-def infix_prompts(model: nn.Module, prompts: Sequence[Sequence[int]], infix: Tensor | Sequence[Tensor],
-                  chunk: int = 64) -> tuple[list[Tensor], list[list[int]]]:
+def infix_prompts(
+    model: nn.Module, prompts: Sequence[Sequence[int]], infix: Tensor | Sequence[Tensor], chunk: int = 64
+) -> tuple[list[Tensor], list[list[int]]]:
     """Per-row prefixes [x activations; infix] (L, 2, KV, X_i + P, D) and prompts [separator] for decoding
     prompts `x + [separator]` (`data.encode_prompt`). infix: one (L, 2, KV, P, D) or one per row."""
     rows = [infix] * len(prompts) if isinstance(infix, Tensor) else list(infix)
     xs = [p[:-1] for p in prompts]
-    ctx = [c for i in range(0, len(xs), chunk) for c in context_activations(model, xs[i:i + chunk])]
+    ctx = [c for i in range(0, len(xs), chunk) for c in context_activations(model, xs[i : i + chunk])]
     return [torch.cat([c.to(f.dtype), f], dim=-2) for c, f in zip(ctx, rows)], [list(p[-1:]) for p in prompts]
 
 
@@ -58,8 +65,16 @@ def separator_positions(input_ids: Tensor, sep_id: int) -> Tensor:
     return hits.int().argmax(1) + 1
 
 
-def infix_logits(model: nn.Module, infix: Tensor, input_ids: Tensor, attention_mask: Tensor, sep_id: int, *,
-                 dtype: torch.dtype | None = None, logits_to_keep: int = 0) -> Tensor:
+def infix_logits(
+    model: nn.Module,
+    infix: Tensor,
+    input_ids: Tensor,
+    attention_mask: Tensor,
+    sep_id: int,
+    *,
+    dtype: torch.dtype | None = None,
+    logits_to_keep: int = 0,
+) -> Tensor:
     """Logits of right-padded training sequences x + y (B, T) with the infix before each row's separator, laid out
     like the model's own logits over (B, T) (last `logits_to_keep` positions, or all). Positions before the
     separator (the table, which carries no loss) get values of no meaning."""
@@ -67,14 +82,16 @@ def infix_logits(model: nn.Module, infix: Tensor, input_ids: Tensor, attention_m
     sep = separator_positions(input_ids, sep_id)  # (B,)
     lengths = attention_mask.sum(1)
     rows = input_ids.tolist()
-    prefixes = [torch.cat([c.to(infix.dtype), infix], dim=-2)
-                for c in context_activations(model, [r[:s] for r, s in zip(rows, sep.tolist())])]
+    prefixes = [
+        torch.cat([c.to(infix.dtype), infix], dim=-2)
+        for c in context_activations(model, [r[:s] for r, s in zip(rows, sep.tolist())])
+    ]
     Y = int((lengths - sep).max())
     y_ids = torch.zeros(B, Y, dtype=torch.long, device=input_ids.device)
     y_mask = torch.zeros_like(y_ids)
     for i, (s, n) in enumerate(zip(sep.tolist(), lengths.tolist())):
-        y_ids[i, :n - s] = input_ids[i, s:n]
-        y_mask[i, :n - s] = 1
+        y_ids[i, : n - s] = input_ids[i, s:n]
+        y_mask[i, : n - s] = 1
     # training: a cache that a block recomputed by gradient checkpointing cannot extend twice
     cache = training_cache() if torch.is_grad_enabled() else None
     logits = model(**prefix_inputs(prefixes, y_ids, y_mask, dtype=dtype, cache=cache)).logits  # (B, Y, V)

@@ -42,9 +42,9 @@ class GrowingLayer(DynamicLayer):
         k, v = self._room(self._cur, key_states, rows, n + add)
         if old is not None and old[0].data_ptr() != k.data_ptr():  # reallocated: move what we hold
             k[:rows, :, :n], v[:rows, :, :n] = old
-        k[:rows, :, n:n + add] = key_states
-        v[:rows, :, n:n + add] = value_states
-        self.keys, self.values = k[:rows, :, :n + add], v[:rows, :, :n + add]
+        k[:rows, :, n : n + add] = key_states
+        v[:rows, :, n : n + add] = value_states
+        self.keys, self.values = k[:rows, :, : n + add], v[:rows, :, : n + add]
         return self.keys, self.values
 
     def reorder_cache(self, beam_idx: Tensor) -> None:

@@ -37,8 +37,16 @@ IS_LORA = tagged("lora")
 class LoRA(nn.Module):
     """Low-rank updates of the enabled equal-width parts of a projection's output (MergedLinear's enable_lora)."""
 
-    def __init__(self, d_in: int, d_out: int, parts: tuple[bool, ...], rank: int, alpha: float,
-                 dropout: float = 0.0, fan_in_fan_out: bool = False):
+    def __init__(
+        self,
+        d_in: int,
+        d_out: int,
+        parts: tuple[bool, ...],
+        rank: int,
+        alpha: float,
+        dropout: float = 0.0,
+        fan_in_fan_out: bool = False,
+    ):
         super().__init__()
         if rank < 1 or d_out % len(parts) or not any(parts):
             raise ValueError(f"bad LoRA layout: rank {rank}, d_out {d_out}, parts {parts}")
@@ -103,7 +111,8 @@ def add_lora(model: nn.Module, rank: int = 4, alpha: float = 32.0, dropout: floa
         conv = not isinstance(mod, nn.Linear)
         d_in, d_out = (mod.nx, mod.nf) if conv else (mod.in_features, mod.out_features)
         mod.lora = LoRA(d_in, d_out, parts, rank, alpha, dropout, fan_in_fan_out=conv).to(
-            device=mod.weight.device, dtype=mod.weight.dtype)
+            device=mod.weight.device, dtype=mod.weight.dtype
+        )
         mod.register_forward_hook(_apply_lora)
         added.append(mod.lora)
     return added

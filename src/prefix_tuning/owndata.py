@@ -62,8 +62,9 @@ def _records(path: Path, fmt: Format) -> list[tuple[int, dict]]:
             try:
                 rec = json.loads(line)
             except json.JSONDecodeError as err:
-                raise DataError(f"{path}:{n}: invalid JSON ({err.msg}, column {err.colno}); expected one JSON "
-                                "object per line") from None
+                raise DataError(
+                    f"{path}:{n}: invalid JSON ({err.msg}, column {err.colno}); expected one JSON object per line"
+                ) from None
             if not isinstance(rec, dict):
                 raise DataError(f"{path}:{n}: a JSON {type(rec).__name__}; expected one JSON object per line")
             out.append((n, rec))
@@ -72,15 +73,23 @@ def _records(path: Path, fmt: Format) -> list[tuple[int, dict]]:
     rows = []
     for rec in reader:
         if None in rec:
-            raise DataError(f"{path}:{reader.line_num}: more cells than the {len(reader.fieldnames or [])} "
-                            f"header columns; expected one cell per column ({fmt} with a header row)")
+            raise DataError(
+                f"{path}:{reader.line_num}: more cells than the {len(reader.fieldnames or [])} "
+                f"header columns; expected one cell per column ({fmt} with a header row)"
+            )
         if any((v or "").strip() for v in rec.values()):
             rows.append((reader.line_num, rec))
     return rows
 
 
-def load_rows(path: str | os.PathLike, fmt: Format = "jsonl", *, source_field: str = "source",
-              target_field: str = "target", group_field: str | None = None) -> list[Row]:
+def load_rows(
+    path: str | os.PathLike,
+    fmt: Format = "jsonl",
+    *,
+    source_field: str = "source",
+    target_field: str = "target",
+    group_field: str | None = None,
+) -> list[Row]:
     """Rows of one file in file order. Raises DataError naming `file:line` and the missing or empty field."""
     p = Path(path).expanduser()
     if not p.is_file():
@@ -93,10 +102,17 @@ def load_rows(path: str | os.PathLike, fmt: Format = "jsonl", *, source_field: s
             if not isinstance(value, str) or not value.strip():
                 got = "missing" if value is None else f"{value!r}"
                 found = ", ".join(str(k) for k, v in rec.items() if v is not None) or "none"
-                raise DataError(f"{p}:{n}: field {f!r} {got}; expected a non-empty string in field {f!r} "
-                                f"(fields found: {found})")
-        rows.append(Row(rec[source_field].strip(), rec[target_field].strip(),
-                        rec[group_field].strip() if group_field else None, f"{p}:{n}"))
+                raise DataError(
+                    f"{p}:{n}: field {f!r} {got}; expected a non-empty string in field {f!r} (fields found: {found})"
+                )
+        rows.append(
+            Row(
+                rec[source_field].strip(),
+                rec[target_field].strip(),
+                rec[group_field].strip() if group_field else None,
+                f"{p}:{n}",
+            )
+        )
     if not rows:
         raise DataError(f"{p}:1: no rows; expected at least one {source_field}/{target_field} row")
     return rows
@@ -116,13 +132,16 @@ def source_groups(rows: Sequence[Row]) -> list[SourceGroup]:
         refs.setdefault(r.source, []).append(r.target)
         first = labels.setdefault(r.source, (r.group, r.where))
         if first[0] != r.group:
-            raise DataError(f"{r.where}: group {r.group!r} for a source labelled {first[0]!r} at {first[1]}; "
-                            "expected one group per source")
+            raise DataError(
+                f"{r.where}: group {r.group!r} for a source labelled {first[0]!r} at {first[1]}; "
+                "expected one group per source"
+            )
     return [SourceGroup(s, tuple(t), labels[s][0]) for s, t in refs.items()]
 
 
-def score_by_group(groups: Sequence[SourceGroup], hyps: Sequence[str],
-                   score: Callable[[list[list[str]], list[str]], dict]) -> dict:
+def score_by_group(
+    groups: Sequence[SourceGroup], hyps: Sequence[str], score: Callable[[list[list[str]], list[str]], dict]
+) -> dict:
     """`score(refs, hyps)` over all sources, and under "groups" per group label (when the sources have labels,
     in order of first appearance), each with its "n_sources"."""
     if len(hyps) != len(groups):

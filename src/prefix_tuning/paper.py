@@ -7,11 +7,18 @@ ROUGE-L in %, per source table and method.
 from __future__ import annotations
 
 E2E_RESULTS: dict[str, dict[str, tuple[float, float, float, float, float]]] = {
-    "arXiv Table 1": {"finetune": (68.2, 8.62, 46.2, 71.0, 2.47), "finetune-top2": (68.1, 8.59, 46.0, 70.8, 2.41),
-                      "adapter-3%": (68.9, 8.71, 46.1, 71.3, 2.47), "adapter-0.1%": (66.3, 8.41, 45.0, 69.8, 2.40),
-                      "prefix": (69.7, 8.81, 46.1, 71.4, 2.49)},
-    "ACL Table 2": {"finetune": (68.8, 8.71, 46.1, 71.1, 2.43), "finetune-top2": (68.1, 8.59, 46.0, 70.8, 2.41),
-                    "prefix": (70.3, 8.82, 46.3, 72.1, 2.46)},
+    "arXiv Table 1": {
+        "finetune": (68.2, 8.62, 46.2, 71.0, 2.47),
+        "finetune-top2": (68.1, 8.59, 46.0, 70.8, 2.41),
+        "adapter-3%": (68.9, 8.71, 46.1, 71.3, 2.47),
+        "adapter-0.1%": (66.3, 8.41, 45.0, 69.8, 2.40),
+        "prefix": (69.7, 8.81, 46.1, 71.4, 2.49),
+    },
+    "ACL Table 2": {
+        "finetune": (68.8, 8.71, 46.1, 71.1, 2.43),
+        "finetune-top2": (68.1, 8.59, 46.0, 70.8, 2.41),
+        "prefix": (70.3, 8.82, 46.3, 72.1, 2.46),
+    },
     "LoRA paper Table 3": {"lora": (70.4, 8.85, 46.8, 71.8, 2.53)},  # Hu et al. 2021, mean of 3 seeds
 }
 

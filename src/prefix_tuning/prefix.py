@@ -40,8 +40,9 @@ class PrefixEncoder(nn.Module):
     the parameter.
     """
 
-    def __init__(self, shape: KVShape, length: int, *, reparam: bool = True, mlp_hidden: int = 512,
-                 dropout: float = 0.0):
+    def __init__(
+        self, shape: KVShape, length: int, *, reparam: bool = True, mlp_hidden: int = 512, dropout: float = 0.0
+    ):
         super().__init__()
         self.shape, self.length, self.reparam = shape, length, reparam
         out = shape.n_layers * 2 * shape.n_kv_heads * shape.head_dim
@@ -105,8 +106,9 @@ class PromptEmbedding(nn.Module):
     def __init__(self, length: int, hidden_size: int, *, init: Tensor | None = None, std: float = 0.02):
         super().__init__()
         self.length = length
-        self.embedding = nn.Parameter(torch.randn(length, hidden_size) * std if init is None
-                                      else init.detach().float().clone())  # (P, d)
+        self.embedding = nn.Parameter(
+            torch.randn(length, hidden_size) * std if init is None else init.detach().float().clone()
+        )  # (P, d)
 
     def forward(self) -> Tensor:
         return self.embedding  # (P, d)
@@ -155,8 +157,14 @@ def prefix_lengths(prefix: PrefixBatch, batch_size: int) -> list[int]:
     return [0 if p is None else p.shape[-2] for p in prefix]
 
 
-def build_cache(prefix: PrefixBatch, batch_size: int | None = None, dtype: torch.dtype | None = None, *,
-                device: torch.device | None = None, cache=None):
+def build_cache(
+    prefix: PrefixBatch,
+    batch_size: int | None = None,
+    dtype: torch.dtype | None = None,
+    *,
+    device: torch.device | None = None,
+    cache=None,
+):
     """A cache holding the prefix of every row of a batch; prefixes shorter than the longest are left-padded
     with zeros (`prefix_inputs` masks them).
 
@@ -169,8 +177,10 @@ def build_cache(prefix: PrefixBatch, batch_size: int | None = None, dtype: torch
         if batch_size is None:
             raise ValueError("batch_size is required for a shared prefix")
         # L x ((B, KV, P, D), (B, KV, P, D)), views of the one prefix
-        kv = [(k.expand(batch_size, *k.shape), v.expand(batch_size, *v.shape))
-              for k, v in (layer.unbind(0) for layer in prefix.unbind(0))]
+        kv = [
+            (k.expand(batch_size, *k.shape), v.expand(batch_size, *v.shape))
+            for k, v in (layer.unbind(0) for layer in prefix.unbind(0))
+        ]
     else:
         rows = list(prefix)  # B x (L, 2, KV, P_i, D) or None
         lengths = prefix_lengths(rows, len(rows))
@@ -182,15 +192,21 @@ def build_cache(prefix: PrefixBatch, batch_size: int | None = None, dtype: torch
         stack = torch.zeros(len(rows), L, 2, KV, P, D, dtype=dtype or first.dtype, device=device or first.device)
         for i, (p, n) in enumerate(zip(rows, lengths)):
             if n:
-                stack[i, ..., P - n:, :] = p.to(device=stack.device, dtype=stack.dtype)
+                stack[i, ..., P - n :, :] = p.to(device=stack.device, dtype=stack.dtype)
         kv = [(stack[:, layer, 0], stack[:, layer, 1]) for layer in range(L)]  # L x ((B, KV, P, D), ...)
     for layer, (k, v) in enumerate(kv):
         cache.update(k.to(device=device, dtype=dtype), v.to(device=device, dtype=dtype), layer)
     return cache
 
 
-def prefix_inputs(prefix: PrefixBatch, input_ids: Tensor, attention_mask: Tensor | None = None, *,
-                  dtype: torch.dtype | None = None, cache=None) -> dict:
+def prefix_inputs(
+    prefix: PrefixBatch,
+    input_ids: Tensor,
+    attention_mask: Tensor | None = None,
+    *,
+    dtype: torch.dtype | None = None,
+    cache=None,
+) -> dict:
     """Model kwargs that run `input_ids` (B, T) after the prefix(es): the cache (`build_cache`), the attention
     mask (B, P + T) with padded prefix slots masked, and position ids (B, T).
 
@@ -206,8 +222,12 @@ def prefix_inputs(prefix: PrefixBatch, input_ids: Tensor, attention_mask: Tensor
     prefix_mask = torch.arange(P, device=device) >= P - lengths[:, None]  # (B, P): the last P_i slots
     position_ids = (attention_mask.long().cumsum(-1) - 1).clamp(min=0) + lengths[:, None]  # (B, T)
     attention_mask = torch.cat([prefix_mask.to(attention_mask.dtype), attention_mask], 1)  # (B, P + T)
-    return {"input_ids": input_ids, "attention_mask": attention_mask, "position_ids": position_ids,
-            "cache": build_cache(prefix, B, dtype, device=device, cache=cache)}
+    return {
+        "input_ids": input_ids,
+        "attention_mask": attention_mask,
+        "position_ids": position_ids,
+        "cache": build_cache(prefix, B, dtype, device=device, cache=cache),
+    }
 
 
 def save_prefix(prefix: Tensor, path: str | Path, *, base_model: str, extra: dict | None = None) -> None:
@@ -230,8 +250,10 @@ def load_prefix(path: str | Path) -> tuple[Tensor, dict]:
                 raise ValueError(f"{path}: no tensor named 'prefix' (found {list(f.keys())})")
             prefix = f.get_tensor("prefix")
     except SafetensorError as e:
-        raise CorruptFileError(f"{path} {describe_unreadable(Path(path), e)}; restore it from a copy, or delete "
-                               f"it and train the run again with --no-resume") from None
+        raise CorruptFileError(
+            f"{path} {describe_unreadable(Path(path), e)}; restore it from a copy, or delete "
+            f"it and train the run again with --no-resume"
+        ) from None
     if prefix.dim() != 5 or prefix.shape[1] != 2:
         raise ValueError(f"{path}: prefix has shape {tuple(prefix.shape)}, expected (L, 2, KV, P, D)")
     return prefix.float(), meta
@@ -241,5 +263,7 @@ def check_fits(prefix: Tensor, shape: KVShape, where: str = "prefix") -> None:
     """Fail clearly when a prefix was trained for another model."""
     L, _, KV, _, D = prefix.shape[-5:]
     if (L, KV, D) != (shape.n_layers, shape.n_kv_heads, shape.head_dim):
-        raise ValueError(f"{where}: prefix is for L={L}, KV heads={KV}, head dim={D} but the model has "
-                         f"L={shape.n_layers}, KV heads={shape.n_kv_heads}, head dim={shape.head_dim}")
+        raise ValueError(
+            f"{where}: prefix is for L={L}, KV heads={KV}, head dim={D} but the model has "
+            f"L={shape.n_layers}, KV heads={shape.n_kv_heads}, head dim={shape.head_dim}"
+        )

@@ -43,26 +43,43 @@ def make_table(data: dict, sections: Sequence[Callable[[dict], list[str]]] = ())
     lines = [f"# {exp}", ""]
     if runs:
         cfg = runs[0]["config"]
-        lines += [(f"Model `{cfg['model']['name']}`; test MRs scored: {runs[0]['test_mrs']} (unique sources of the "
-                   f"{cfg['data'].get('dataset', 'e2e')} test set in order of first appearance); BLEU, METEOR, ROUGE-L in %. Metrics signature: "
-                   f"`{runs[0].get('metrics_signature')}`."), "",
-                  (f"Setup of the first run (see results.json for each): train size {cfg['data']['train_size'] or 'all'}, "
-                   f"method init `{cfg['method']['init']}`, lr {cfg['train']['lr']}, batch {cfg['train']['batch_size']}, "
-                   f"{_budget(cfg['train'])}, precision {precision_of(runs[0])}, output = weights with "
-                   f"the best dev loss; decoding beam {cfg['decode']['beam_size']}, max {cfg['decode']['max_new_tokens']} "
-                   f"new tokens." + (f" Machine: {runs[0]['cpu']}." if runs[0].get("cpu") else "")), ""]
+        lines += [
+            (
+                f"Model `{cfg['model']['name']}`; test MRs scored: {runs[0]['test_mrs']} (unique sources of the "
+                f"{cfg['data'].get('dataset', 'e2e')} test set in order of first appearance); BLEU, METEOR, ROUGE-L in %. Metrics signature: "
+                f"`{runs[0].get('metrics_signature')}`."
+            ),
+            "",
+            (
+                f"Setup of the first run (see results.json for each): train size {cfg['data']['train_size'] or 'all'}, "
+                f"method init `{cfg['method']['init']}`, lr {cfg['train']['lr']}, batch {cfg['train']['batch_size']}, "
+                f"{_budget(cfg['train'])}, precision {precision_of(runs[0])}, output = weights with "
+                f"the best dev loss; decoding beam {cfg['decode']['beam_size']}, max {cfg['decode']['max_new_tokens']} "
+                f"new tokens." + (f" Machine: {runs[0]['cpu']}." if runs[0].get("cpu") else "")
+            ),
+            "",
+        ]
     precisions = sorted({precision_of(r) for r in runs})
     if len(precisions) > 1:
-        lines += [(f"**Mixed precisions** (train/decode): {', '.join(precisions)}; compare runs of one precision "
-                   "(bf16 rounding changes outputs, and its speed depends on the CPU)."), ""]
-    lines += ["## Runs", ""] + _header(["stored params", "checkpoint MB", "train s/epoch", "steps", "best dev loss",
-                                        "precision"])
+        lines += [
+            (
+                f"**Mixed precisions** (train/decode): {', '.join(precisions)}; compare runs of one precision "
+                "(bf16 rounding changes outputs, and its speed depends on the CPU)."
+            ),
+            "",
+        ]
+    lines += ["## Runs", ""] + _header(
+        ["stored params", "checkpoint MB", "train s/epoch", "steps", "best dev loss", "precision"]
+    )
     for r in runs:
         m = r["metrics"]
         dev = f"{r['best_dev_loss']:.3f}" if r.get("best_dev_loss") is not None else "-"
-        lines.append(f"| {r['name']} | " + " | ".join(_fmt(k, m[k]) if k in m else "-" for k in METRICS)
-                     + f" | {r['stored_params']:,} | {r['checkpoint_bytes'] / 1e6:.2f} | {r['seconds_per_epoch']:.1f}"
-                     f" | {r['steps']} | {dev} | {precision_of(r)} |")
+        lines.append(
+            f"| {r['name']} | "
+            + " | ".join(_fmt(k, m[k]) if k in m else "-" for k in METRICS)
+            + f" | {r['stored_params']:,} | {r['checkpoint_bytes'] / 1e6:.2f} | {r['seconds_per_epoch']:.1f}"
+            f" | {r['steps']} | {dev} | {precision_of(r)} |"
+        )
     for section in sections:
         lines += section(data)
     return "\n".join(lines) + "\n"
@@ -70,13 +87,19 @@ def make_table(data: dict, sections: Sequence[Callable[[dict], list[str]]] = ())
 
 # ------------------------------------------------------------------------------ sections of table.md
 
+
 def seed_means(data: dict) -> list[str]:
     """Mean ± sd over seeds per (train size, method): the low-data table (paper §7.1)."""
     groups: dict[tuple, list[dict]] = defaultdict(list)
     for r in data["runs"]:
         groups[(r["size"], r["method"])].append(r)
-    lines = ["", "## Mean ± sd over seeds", "", "| train size | method | seeds | " + " | ".join(METRICS) + " |",
-             "|---|---|---|" + "---|" * len(METRICS)]
+    lines = [
+        "",
+        "## Mean ± sd over seeds",
+        "",
+        "| train size | method | seeds | " + " | ".join(METRICS) + " |",
+        "|---|---|---|" + "---|" * len(METRICS),
+    ]
     for (size, method), rs in sorted(groups.items()):
         cells = []
         for k in METRICS:
@@ -99,15 +122,25 @@ def speed_and_storage(data: dict) -> list[str]:
         return []
     per_step = lambda rs: statistics.fmean(r["train_seconds"] / max(r["steps"], 1) for r in rs)
     stored = lambda rs: statistics.fmean(r["stored_params"] for r in rs)
-    return ["", (f"Fine-tuning / prefix-tuning training time per step: "
-                 f"{per_step(by['finetune']) / per_step(by['prefix']):.2f}x (paper: ~1.5x per epoch on GPU). Storage "
-                 f"per task: {stored(by['finetune']) / stored(by['prefix']):,.0f}x less for prefix-tuning.")]
+    return [
+        "",
+        (
+            f"Fine-tuning / prefix-tuning training time per step: "
+            f"{per_step(by['finetune']) / per_step(by['prefix']):.2f}x (paper: ~1.5x per epoch on GPU). Storage "
+            f"per task: {stored(by['finetune']) / stored(by['prefix']):,.0f}x less for prefix-tuning."
+        ),
+    ]
 
 
 def paper_e2e(data: dict) -> list[str]:
     """The paper's E2E numbers (GPT-2 Medium, full data) for comparison."""
-    lines = ["", "## Paper (GPT-2 Medium, full E2E; BLEU/METEOR/ROUGE-L in %)", "",
-             "| source | method | " + " | ".join(METRICS) + " |", "|---|---|" + "---|" * len(METRICS)]
+    lines = [
+        "",
+        "## Paper (GPT-2 Medium, full E2E; BLEU/METEOR/ROUGE-L in %)",
+        "",
+        "| source | method | " + " | ".join(METRICS) + " |",
+        "|---|---|" + "---|" * len(METRICS),
+    ]
     for src, rows in E2E_RESULTS.items():
         for method, vals in rows.items():
             lines.append(f"| {src} | {method} | " + " | ".join(str(v) for v in vals) + " |")
@@ -121,22 +154,35 @@ def _paper_row(method: str) -> tuple[float, ...] | None:
 
 def table1_rows(data: dict) -> list[str]:
     """Table 1 side by side: our scores, the paper's (GPT-2 Medium, full E2E), stored values, MB, train s/step."""
-    lines = ["", "## Table 1: ours vs paper (BLEU/METEOR/ROUGE-L in %)", "",
-             "| method | " + " | ".join(f"{k} | paper" for k in METRICS) + " | stored values | MB | train s/step |",
-             "|---|" + "---|---|" * len(METRICS) + "---|---|---|"]
+    lines = [
+        "",
+        "## Table 1: ours vs paper (BLEU/METEOR/ROUGE-L in %)",
+        "",
+        "| method | " + " | ".join(f"{k} | paper" for k in METRICS) + " | stored values | MB | train s/step |",
+        "|---|" + "---|---|" * len(METRICS) + "---|---|---|",
+    ]
     for r in data["runs"]:
         paper = _paper_row(r["method"])
-        cells = [f"{_fmt(k, r['metrics'][k]) if k in r['metrics'] else '-'} | {paper[i] if paper else '-'}"
-                 for i, k in enumerate(METRICS)]
-        lines.append(f"| {r['method']} | " + " | ".join(cells) + f" | {r['stored_params']:,} | "
-                     f"{r['checkpoint_bytes'] / 1e6:.2f} | {r['train_seconds'] / max(r['steps'], 1):.2f} |")
+        cells = [
+            f"{_fmt(k, r['metrics'][k]) if k in r['metrics'] else '-'} | {paper[i] if paper else '-'}"
+            for i, k in enumerate(METRICS)
+        ]
+        lines.append(
+            f"| {r['method']} | " + " | ".join(cells) + f" | {r['stored_params']:,} | "
+            f"{r['checkpoint_bytes'] / 1e6:.2f} | {r['train_seconds'] / max(r['steps'], 1):.2f} |"
+        )
     return lines
 
 
 def intrinsic_rows(data: dict) -> list[str]:
     """§7.3: BLEU per variant and P, ours beside the paper's."""
-    lines = ["", "## §7.3: where the continuous tokens go (BLEU %)", "", "| variant | P | BLEU | paper BLEU | stored values |",
-             "|---|---|---|---|---|"]
+    lines = [
+        "",
+        "## §7.3: where the continuous tokens go (BLEU %)",
+        "",
+        "| variant | P | BLEU | paper BLEU | stored values |",
+        "|---|---|---|---|---|",
+    ]
     for r in sorted(data["runs"], key=lambda r: (r["method"], r["prefix_length"])):
         paper = INTRINSIC_BLEU.get(r["method"], {}).get(r["prefix_length"], "-")
         bleu = _fmt("BLEU", r["metrics"]["BLEU"]) if "BLEU" in r["metrics"] else "-"
@@ -151,8 +197,13 @@ def init_rows(data: dict) -> list[str]:
         if "BLEU" in r["metrics"]:
             groups[(r["init"], r["size"])].append(r["metrics"]["BLEU"])
     sizes = sorted({size for _, size in groups})
-    lines = ["", "## §7.2: prefix initialisation (BLEU %, mean ± sd over seeds)", "",
-             "| init | " + " | ".join(f"n={n}" for n in sizes) + " |", "|---|" + "---|" * len(sizes)]
+    lines = [
+        "",
+        "## §7.2: prefix initialisation (BLEU %, mean ± sd over seeds)",
+        "",
+        "| init | " + " | ".join(f"n={n}" for n in sizes) + " |",
+        "|---|" + "---|" * len(sizes),
+    ]
     for init in dict.fromkeys(i for i, _ in groups):
         cells = []
         for n in sizes:
@@ -163,6 +214,7 @@ def init_rows(data: dict) -> list[str]:
 
 
 # ------------------------------------------------------------------------------------------- plots
+
 
 def _pyplot():
     import matplotlib  # lazy: only reports draw, and matplotlib is slow to import
@@ -206,8 +258,10 @@ def lowdata_plot(data: dict, out_dir: Path) -> Path:
         for ax, k in zip(axes, ("BLEU", "ROUGE_L")):
             pts = [(r["size"], _scale(k, r["metrics"][k])) for r in rs if k in r["metrics"]]
             ax.scatter(*zip(*pts), color=color, alpha=0.4, s=18) if pts else None
-            means = [statistics.fmean(v for n, v in pts if n == size) for size in sizes if any(n == size for n, _ in pts)]
-            ax.plot(sizes[:len(means)], means, "o-", color=color, label=method)
+            means = [
+                statistics.fmean(v for n, v in pts if n == size) for size in sizes if any(n == size for n, _ in pts)
+            ]
+            ax.plot(sizes[: len(means)], means, "o-", color=color, label=method)
             ax.set_xscale("log")
             ax.minorticks_off()
             ax.set_xticks(sizes, [str(n) for n in sizes])
@@ -215,15 +269,22 @@ def lowdata_plot(data: dict, out_dir: Path) -> Path:
             ax.set_ylabel(k + (" (%)" if k in PERCENT else ""))
             ax.grid(alpha=0.3)
             ax.legend()
-    fig.suptitle(f"Low-data E2E: prefix-tuning vs fine-tuning ({runs[0]['config']['model']['name']}; "
-                 "dots = seeds, line = mean)")
+    fig.suptitle(
+        f"Low-data E2E: prefix-tuning vs fine-tuning ({runs[0]['config']['model']['name']}; dots = seeds, line = mean)"
+    )
     return _save(fig, out_dir / f"{data['experiment']}.png")
 
 
-METHOD_STYLE = {"prefix": ("prefix-tuning", "tab:blue"), "finetune": ("fine-tuning", "tab:orange"),
-                "finetune-top2": ("FT-top2", "tab:green"), "adapter-3%": ("adapter 3%", "tab:red"),
-                "adapter-0.1%": ("adapter 0.1%", "tab:purple"), "lora": ("LoRA", "tab:brown"),
-                "embedding-only": ("embedding-only", "tab:gray"), "infix": ("infix", "tab:olive")}
+METHOD_STYLE = {
+    "prefix": ("prefix-tuning", "tab:blue"),
+    "finetune": ("fine-tuning", "tab:orange"),
+    "finetune-top2": ("FT-top2", "tab:green"),
+    "adapter-3%": ("adapter 3%", "tab:red"),
+    "adapter-0.1%": ("adapter 0.1%", "tab:purple"),
+    "lora": ("LoRA", "tab:brown"),
+    "embedding-only": ("embedding-only", "tab:gray"),
+    "infix": ("infix", "tab:olive"),
+}
 
 
 def _count(n: float) -> str:
@@ -256,9 +317,11 @@ def method_bars(data: dict, out_dir: Path) -> Path:
         ax.grid(axis="y", alpha=0.3)
     fig.legend(*axes[0].get_legend_handles_labels(), loc="lower center", ncol=len(methods), frameon=False)
     cfg, seeds = runs[0]["config"], max(len([r for r in runs if r["method"] == m]) for m in methods)
-    fig.suptitle(f"{data['experiment']}: E2E test metrics of {cfg['model']['name']}, "
-                 f"{cfg['data']['train_size'] or 'all'} training examples, {runs[0]['test_mrs']} test MRs"
-                 + (f" (mean ± sd over {seeds} runs)" if seeds > 1 else ""))
+    fig.suptitle(
+        f"{data['experiment']}: E2E test metrics of {cfg['model']['name']}, "
+        f"{cfg['data']['train_size'] or 'all'} training examples, {runs[0]['test_mrs']} test MRs"
+        + (f" (mean ± sd over {seeds} runs)" if seeds > 1 else "")
+    )
     return _save(fig, out_dir / f"{data['experiment']}_metrics.png", rect=(0, 0.07, 1, 1))
 
 
@@ -267,13 +330,19 @@ def intrinsic_plot(data: dict, out_dir: Path) -> Path:
     plt = _pyplot()
     fig, ax = plt.subplots(figsize=(6, 4))
     for variant in dict.fromkeys(r["method"] for r in data["runs"]):
-        rs = sorted((r for r in data["runs"] if r["method"] == variant and "BLEU" in r["metrics"]),
-                    key=lambda r: r["prefix_length"])
+        rs = sorted(
+            (r for r in data["runs"] if r["method"] == variant and "BLEU" in r["metrics"]),
+            key=lambda r: r["prefix_length"],
+        )
         name, color = METHOD_STYLE.get(variant, (variant, None))
-        ax.plot([r["prefix_length"] for r in rs], [100 * r["metrics"]["BLEU"] for r in rs], "o-", color=color, label=name)
+        ax.plot(
+            [r["prefix_length"] for r in rs], [100 * r["metrics"]["BLEU"] for r in rs], "o-", color=color, label=name
+        )
         if variant in INTRINSIC_BLEU:
             ps = sorted(INTRINSIC_BLEU[variant])
-            ax.plot(ps, [INTRINSIC_BLEU[variant][p] for p in ps], "x--", color=color, alpha=0.6, label=f"{name} (paper)")
+            ax.plot(
+                ps, [INTRINSIC_BLEU[variant][p] for p in ps], "x--", color=color, alpha=0.6, label=f"{name} (paper)"
+            )
     ax.set_xlabel("P")
     ax.set_ylabel("BLEU (%)")
     ax.grid(alpha=0.3)

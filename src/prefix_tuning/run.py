@@ -42,8 +42,13 @@ from .models import KVShape, load_model, load_tokenizer
 from .prefix import check_fits, embedding_activations, load_prefix, save_prefix
 from .state import load_state, read_state, save_state, select_state
 
-ARTIFACTS = {"prefix": "prefix.safetensors", "finetune": "model.safetensors", "finetune-top": "top.safetensors",
-             "adapter": ADAPTER_FILE, "lora": LORA_FILE}
+ARTIFACTS = {
+    "prefix": "prefix.safetensors",
+    "finetune": "model.safetensors",
+    "finetune-top": "top.safetensors",
+    "adapter": ADAPTER_FILE,
+    "lora": LORA_FILE,
+}
 """The file each method keeps after training, in the run dir."""
 PROMPT_FILE, INFIX_FILE = "prompt.safetensors", "infix.safetensors"
 
@@ -110,16 +115,21 @@ class RunDir:
         """`RUN_DIR/{outputs,refs}-NAME.txt` and `RUN_DIR/scores-NAME.json` by default; with `out` (`{run}`
         replaced by the run dir's name) the outputs go there and the refs and scores beside them."""
         if out is None:
-            return DecodeFiles(self.path / f"outputs-{name}.txt", self.path / f"refs-{name}.txt",
-                               self.path / f"scores-{name}.json")
+            return DecodeFiles(
+                self.path / f"outputs-{name}.txt", self.path / f"refs-{name}.txt", self.path / f"scores-{name}.json"
+            )
         out = Path(str(out).replace("{run}", self.path.name))
         if "outputs" in out.stem:
-            return DecodeFiles(out, out.with_name(out.name.replace("outputs", "refs", 1)),
-                               out.with_name(out.stem.replace("outputs", "scores", 1) + ".json"))
+            return DecodeFiles(
+                out,
+                out.with_name(out.name.replace("outputs", "refs", 1)),
+                out.with_name(out.stem.replace("outputs", "scores", 1) + ".json"),
+            )
         return DecodeFiles(out, out.with_name(out.stem + ".refs.txt"), out.with_name(out.stem + ".scores.json"))
 
 
 # ------------------------------------------------------------------------------------------ reading
+
 
 def read_config(run: RunDir) -> RunConfig:
     if not run.config.is_file():
@@ -130,8 +140,9 @@ def read_config(run: RunDir) -> RunConfig:
 def read_prefix(run: RunDir, shape: KVShape, device: str | torch.device = "cpu") -> Tensor:
     """The run's prefix (L, 2, KV, P, D), checked against the model it is going to run with."""
     if not run.prefix.is_file():
-        raise FileNotFoundError(f"{run.prefix} missing: training did not finish (resume with `prefix-tuning train "
-                                f"{run.config}`)")
+        raise FileNotFoundError(
+            f"{run.prefix} missing: training did not finish (resume with `prefix-tuning train {run.config}`)"
+        )
     prefix, _ = load_prefix(run.prefix)
     check_fits(prefix, shape, str(run.prefix))
     return prefix.to(device)
@@ -160,8 +171,9 @@ def load_run(run_dir: str | Path, *, device: str | torch.device = "cpu") -> Load
     if path == run.prefix:
         prefix = read_prefix(run, KVShape.from_config(model.config), device)
     elif not path.is_file():
-        raise FileNotFoundError(f"{path} missing: training did not finish (resume with `prefix-tuning train "
-                                f"{run.config}`)")
+        raise FileNotFoundError(
+            f"{path} missing: training did not finish (resume with `prefix-tuning train {run.config}`)"
+        )
     elif cfg.method.position == "infix":  # decoded with `decode(..., position="infix")`
         prefix, _ = load_prefix(path)
         check_fits(prefix, KVShape.from_config(model.config), str(path))
@@ -176,8 +188,10 @@ def load_run(run_dir: str | Path, *, device: str | torch.device = "cpu") -> Load
         try:
             load_safetensors(model, str(path))
         except SafetensorError as e:
-            raise CorruptFileError(f"{path} {describe_unreadable(path, e)}; restore it from a copy, or "
-                                   f"delete it and train the run again with --no-resume") from None
+            raise CorruptFileError(
+                f"{path} {describe_unreadable(path, e)}; restore it from a copy, or "
+                f"delete it and train the run again with --no-resume"
+            ) from None
     else:
         method = build_method(cfg.method, model, tokenizer, seed=cfg.train.seed)
         load_state(model, read_state(path), method.stored, what=f"{cfg.method.name} state")
@@ -191,6 +205,7 @@ def read_result(run: RunDir) -> dict | None:
 
 
 # ------------------------------------------------------------------------------------------ writing
+
 
 def write_text(path: Path, text: str) -> None:
     with atomic_path(path) as tmp:
@@ -209,9 +224,12 @@ def save_artifact(run: RunDir, method: Method, cfg: RunConfig) -> Path:
     if method.embedding_only:
         save_state({"embedding": method.encoder.collapse()}, path, {**meta, "shape": "P,d", "embedding_only": "true"})
     elif method.encoder is not None:
-        save_prefix(method.encoder.collapse(), path, base_model=cfg.model.name,
-                    extra={"method": cfg.method.name, "prefix_length": method.encoder.length,
-                           "position": cfg.method.position})
+        save_prefix(
+            method.encoder.collapse(),
+            path,
+            base_model=cfg.model.name,
+            extra={"method": cfg.method.name, "prefix_length": method.encoder.length, "position": cfg.method.position},
+        )
     elif method.stored is not None:
         save_state(select_state(method.model, method.stored), path, meta)
     else:
@@ -225,8 +243,9 @@ def refs_text(refs: Sequence[Sequence[str]]) -> str:
     return "\n\n".join("\n".join(r.replace("\n", " ") for r in group) for group in refs) + "\n"
 
 
-def write_decoded(files: DecodeFiles, hyps: Sequence[str], refs: Sequence[Sequence[str]] | None = None,
-                  scores: dict | None = None) -> None:
+def write_decoded(
+    files: DecodeFiles, hyps: Sequence[str], refs: Sequence[Sequence[str]] | None = None, scores: dict | None = None
+) -> None:
     """One output per line; the grouped references and the scores when there are any."""
     write_text(files.outputs, "".join(h + "\n" for h in hyps))
     if refs is not None:

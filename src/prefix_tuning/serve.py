@@ -126,9 +126,20 @@ def find_prefixes(paths: list[str]) -> list[tuple[str, Path]]:
     return found
 
 
-def load_state(model: str, prefixes: list[str], *, device: str = "auto", precision: str = "auto",
-               threads: int | None = None, max_batch: int = 64, max_waiting: int = 256, max_tokens: int = 100,
-               min_tokens: int = 5, drain_s: float = 30.0, step_sleep: float = 0.0) -> ServerState:
+def load_state(
+    model: str,
+    prefixes: list[str],
+    *,
+    device: str = "auto",
+    precision: str = "auto",
+    threads: int | None = None,
+    max_batch: int = 64,
+    max_waiting: int = 256,
+    max_tokens: int = 100,
+    min_tokens: int = 5,
+    drain_s: float = 30.0,
+    step_sleep: float = 0.0,
+) -> ServerState:
     """Load the base model once (cast to the resolved precision) and every prefix."""
     set_threads(threads)
     dev = resolve_device(device)
@@ -136,8 +147,10 @@ def load_state(model: str, prefixes: list[str], *, device: str = "auto", precisi
     run = RunDir(model)
     if run.config.is_file():  # a run dir: its base model with its trained part, or its prefix added
         if read_config(run).method.embedding_only or read_config(run).method.position == "infix":
-            raise ValueError(f"{run.path}: embedding-only and infix runs cannot be served yet; decode them with "
-                             "`prefix-tuning generate`")
+            raise ValueError(
+                f"{run.path}: embedding-only and infix runs cannot be served yet; decode them with "
+                "`prefix-tuning generate`"
+            )
         loaded = load_run(run.path)
         m, tok = loaded.model, loaded.tokenizer
         model_id = loaded.cfg.model.name if loaded.prefix is not None else run.path.resolve().name
@@ -147,18 +160,29 @@ def load_state(model: str, prefixes: list[str], *, device: str = "auto", precisi
     prec = resolve_precision(precision, dev)
     m = m.to(device=dev, dtype=dtype_of(prec) or torch.float32).eval().requires_grad_(False)
     eos = eos_id_of(tok)
-    engine = Engine(m, eos_id=eos, pad_id=tok.pad_token_id, max_batch=max_batch, max_waiting=max_waiting,
-                    step_sleep=step_sleep)
+    engine = Engine(
+        m, eos_id=eos, pad_id=tok.pad_token_id, max_batch=max_batch, max_waiting=max_waiting, step_sleep=step_sleep
+    )
     cfg_ = m.config.get_text_config() if hasattr(m.config, "get_text_config") else m.config
     ctx = getattr(cfg_, "max_position_embeddings", None) or getattr(cfg_, "n_positions", None) or 2048
-    state = ServerState(m, tok, model_id, engine, prec, max_tokens=max_tokens, min_tokens=min_tokens,
-                        max_context=int(ctx), drain_s=drain_s)
+    state = ServerState(
+        m,
+        tok,
+        model_id,
+        engine,
+        prec,
+        max_tokens=max_tokens,
+        min_tokens=min_tokens,
+        max_context=int(ctx),
+        drain_s=drain_s,
+    )
     for n, f in find_prefixes(extra + list(prefixes)):
         state.add_prefix(n, f)
     return state
 
 
 # ------------------------------------------------------------------------------------------------ app
+
 
 def _err(e: ApiError):
     from fastapi.responses import JSONResponse
@@ -191,17 +215,40 @@ def create_app(state: ServerState):
 
     @app.get("/health")
     async def health():
-        return {"status": "ok" if state.engine.accepting else "shutting down", "model": state.model_id,
-                "prefixes": len(state.prefixes), **state.engine.counts()}
+        return {
+            "status": "ok" if state.engine.accepting else "shutting down",
+            "model": state.model_id,
+            "prefixes": len(state.prefixes),
+            **state.engine.counts(),
+        }
 
     @app.get("/v1/models")
     async def models():
-        base = [{"id": state.model_id, "object": "model", "created": state.created, "owned_by": "prefix-tuning",
-                 "prefix_length": None}]
-        return {"object": "list", "data": base + [
-            {"id": n, "object": "model", "created": state.created, "owned_by": "prefix-tuning",
-             "prefix_length": int(p.shape[-2]), "path": state.paths[n], "root": state.model_id}
-            for n, p in state.prefixes.items()]}
+        base = [
+            {
+                "id": state.model_id,
+                "object": "model",
+                "created": state.created,
+                "owned_by": "prefix-tuning",
+                "prefix_length": None,
+            }
+        ]
+        return {
+            "object": "list",
+            "data": base
+            + [
+                {
+                    "id": n,
+                    "object": "model",
+                    "created": state.created,
+                    "owned_by": "prefix-tuning",
+                    "prefix_length": int(p.shape[-2]),
+                    "path": state.paths[n],
+                    "root": state.model_id,
+                }
+                for n, p in state.prefixes.items()
+            ],
+        }
 
     @app.post("/v1/prefixes")
     async def add_prefix(request: HttpRequest):
@@ -218,8 +265,10 @@ def create_app(state: ServerState):
             p = await asyncio.to_thread(state.add_prefix, name, path, body.get("replace") is True)
         except ApiError as e:
             return _err(e)
-        return JSONResponse({"id": name, "object": "model", "prefix_length": int(p.shape[-2]),
-                             "path": state.paths[name]}, status_code=201)
+        return JSONResponse(
+            {"id": name, "object": "model", "prefix_length": int(p.shape[-2]), "path": state.paths[name]},
+            status_code=201,
+        )
 
     @app.delete("/v1/prefixes/{name}")
     async def delete_prefix(name: str):
@@ -246,8 +295,9 @@ def create_app(state: ServerState):
         except ApiError as e:
             return _err(e)
         if job.stream:
-            return StreamingResponse(_stream(state, job, reqs, queue), media_type="text/event-stream",
-                                     headers={"Cache-Control": "no-cache"})
+            return StreamingResponse(
+                _stream(state, job, reqs, queue), media_type="text/event-stream", headers={"Cache-Control": "no-cache"}
+            )
         return await _wait(state, job, reqs, queue, request)
 
     return app
@@ -277,10 +327,21 @@ def _engine_requests(state: ServerState, job: Completion, loop) -> tuple[list[Re
     reqs = []
     for i, (prompt, _) in enumerate(job.choices()):
         on_token = (lambda t, i=i: _post(loop, queue, (i, t, None))) if job.stream else None
-        reqs.append(Request(prompt, job.prefix, job.max_tokens, job.min_tokens, job.banned_ids, job.temperature,
-                            job.top_p, None if job.seed is None else job.seed + i % job.n,
-                            stop=job.stop_test(state.tokenizer), on_token=on_token,
-                            on_done=lambda reason, i=i: _post(loop, queue, (i, None, reason))))
+        reqs.append(
+            Request(
+                prompt,
+                job.prefix,
+                job.max_tokens,
+                job.min_tokens,
+                job.banned_ids,
+                job.temperature,
+                job.top_p,
+                None if job.seed is None else job.seed + i % job.n,
+                stop=job.stop_test(state.tokenizer),
+                on_token=on_token,
+                on_done=lambda reason, i=i: _post(loop, queue, (i, None, reason)),
+            )
+        )
     return reqs, queue
 
 
@@ -328,8 +389,7 @@ async def _stream(state, job: Completion, reqs: list[Request], queue: asyncio.Qu
                 yield f"data: {json.dumps(error_body(ApiError(500, 'generation failed', code='internal')))}\n\n"
                 continue
             delta, cut = texts[i].finish(reqs[i].tokens)
-            yield job.chunk([{"index": i, "text": delta, "logprobs": None,
-                              "finish_reason": job.reason(reason, cut)}])
+            yield job.chunk([{"index": i, "text": delta, "logprobs": None, "finish_reason": job.reason(reason, cut)}])
         if job.include_usage:
             yield job.chunk([], usage=job.usage(reqs))
         yield "data: [DONE]\n\n"
@@ -339,8 +399,14 @@ async def _stream(state, job: Completion, reqs: list[Request], queue: asyncio.Qu
                 state.engine.cancel(r)
 
 
-def serve(state: ServerState, host: str = "127.0.0.1", port: int = 8000, *, log_level: str = "info",
-          sock: socket.socket | None = None) -> None:
+def serve(
+    state: ServerState,
+    host: str = "127.0.0.1",
+    port: int = 8000,
+    *,
+    log_level: str = "info",
+    sock: socket.socket | None = None,
+) -> None:
     """Run until SIGTERM/SIGINT (uvicorn waits --drain-seconds for running requests, then they are cancelled)."""
     import uvicorn
 
@@ -348,6 +414,7 @@ def serve(state: ServerState, host: str = "127.0.0.1", port: int = 8000, *, log_
         sock = socket.create_server((host, port))
     port = sock.getsockname()[1]
     config = uvicorn.Config(create_app(state), log_level=log_level, timeout_graceful_shutdown=state.drain_s)
-    print(f"prefix-tuning serve: {state.model_id} + {len(state.prefixes)} prefixes on http://{host}:{port}/v1",
-          flush=True)
+    print(
+        f"prefix-tuning serve: {state.model_id} + {len(state.prefixes)} prefixes on http://{host}:{port}/v1", flush=True
+    )
     uvicorn.Server(config).run(sockets=[sock])

@@ -24,11 +24,13 @@ from .decode import decode, ids_to_text, newline_token_ids
 MAX_N = 16  # choices per prompt, and beam width for best_of
 UNSUPPORTED = ("suffix", "logit_bias", "echo")
 
+
 class ApiError(Exception):
     """An error answered as `{"error": {"message", "type", "param", "code"}}` with an HTTP status."""
 
-    def __init__(self, status: int, message: str, param: str | None = None, code: str | None = None,
-                 type: str | None = None):
+    def __init__(
+        self, status: int, message: str, param: str | None = None, code: str | None = None, type: str | None = None
+    ):
         super().__init__(message)
         self.status, self.message, self.param, self.code = status, message, param, code
         self.type = type or ("invalid_request_error" if status < 500 else "server_error")
@@ -86,17 +88,28 @@ class Completion:
         return finish  # length, cancelled (shutdown)
 
     def usage(self, reqs) -> dict:
-        p = sum(len(r.prompt) for r in reqs[::self.n])
+        p = sum(len(r.prompt) for r in reqs[:: self.n])
         c = sum(len(r.tokens) for r in reqs)
         return {"prompt_tokens": p, "completion_tokens": c, "total_tokens": p + c}
 
     def response(self, choices: list[dict], reqs) -> dict:
-        return {"id": self.id, "object": "text_completion", "created": self.created, "model": self.model,
-                "choices": choices, "usage": self.usage(reqs)}
+        return {
+            "id": self.id,
+            "object": "text_completion",
+            "created": self.created,
+            "model": self.model,
+            "choices": choices,
+            "usage": self.usage(reqs),
+        }
 
     def chunk(self, choices: list[dict], usage: dict | None = None) -> str:
-        body = {"id": self.id, "object": "text_completion", "created": self.created, "model": self.model,
-                "choices": choices}
+        body = {
+            "id": self.id,
+            "object": "text_completion",
+            "created": self.created,
+            "model": self.model,
+            "choices": choices,
+        }
         if usage is not None:
             body["usage"] = usage
         return f"data: {json.dumps(body)}\n\n"
@@ -117,7 +130,7 @@ class StreamText:
         if not cut:
             if text.endswith("\ufffd"):
                 return ""
-            text = text[:len(text) - self.hold]
+            text = text[: len(text) - self.hold]
         return self._delta(text)
 
     def finish(self, ids: list[int]) -> tuple[str, bool]:
@@ -127,11 +140,12 @@ class StreamText:
     def _delta(self, text: str) -> str:
         if not text.startswith(self.sent):
             return ""
-        delta, self.sent = text[len(self.sent):], text
+        delta, self.sent = text[len(self.sent) :], text
         return delta
 
 
 # ------------------------------------------------------------------------------------------------ parsing
+
 
 def _int(body: dict, key: str, default: int | None, lo: int, hi: int) -> int | None:
     v = body.get(key)
@@ -172,14 +186,14 @@ def _prompts(body: dict, state, mr: bool, raw: bool) -> tuple[list[list[int]], l
         if raw:
             ids = [state.tokenizer(x)["input_ids"] for x in p]
             if not all(ids):
-                raise ApiError(400, "an empty prompt with \"raw\": true has no tokens", "prompt")
+                raise ApiError(400, 'an empty prompt with "raw": true has no tokens', "prompt")
             return ids, None
         tables = []
         for k, x in enumerate(p):
             try:
                 tables.append(linearize_mr(x, where=f"prompt {k}") if mr else x)
             except ValueError as e:
-                raise ApiError(400, f"not an E2E MR (\"mr\": true): {e}", "prompt") from None
+                raise ApiError(400, f'not an E2E MR ("mr": true): {e}', "prompt") from None
         return [encode_prompt(state.tokenizer, t) for t in tables], tables
     if all(isinstance(x, int) and not isinstance(x, bool) for x in p):
         p = [p]
@@ -208,14 +222,14 @@ def parse_completion(body: dict, state) -> Completion:
             raise ApiError(400, f"'{key}' is not supported by this server (send 0 or leave it out)", key)
     mr, raw = _bool(body, "mr", False), _bool(body, "raw", False)
     if mr and raw:
-        raise ApiError(400, "\"mr\" and \"raw\" exclude each other", "raw")
+        raise ApiError(400, '"mr" and "raw" exclude each other', "raw")
     n = _int(body, "n", 1, 1, MAX_N)
     best_of = _int(body, "best_of", 1, 1, MAX_N)
     max_tokens = _int(body, "max_tokens", state.max_tokens, 1, state.max_context)
     min_tokens = _int(body, "min_tokens", min(state.min_tokens, max_tokens), 0, max_tokens)
     temperature = _num(body, "temperature", 0.0, 0.0, 2.0)
     top_p = _num(body, "top_p", 1.0, 0.0, 1.0, lo_open=True)
-    seed = _int(body, "seed", None, -(2 ** 63), 2 ** 63 - 1)
+    seed = _int(body, "seed", None, -(2**63), 2**63 - 1)
     stop = body.get("stop")
     stop = [stop] if isinstance(stop, str) else (stop or [])
     if not isinstance(stop, list) or len(stop) > 4 or not all(isinstance(s, str) and s for s in stop):
@@ -228,33 +242,67 @@ def parse_completion(body: dict, state) -> Completion:
     P = 0 if prefix is None else int(prefix.shape[-2])
     for k, ids in enumerate(prompts):
         if P + len(ids) >= state.max_context:
-            raise ApiError(400, f"prompt {k} too long: {len(ids)} tokens + prefix of {P} leave no room in the "
-                           f"model's {state.max_context} positions", "prompt", "context_length_exceeded")
+            raise ApiError(
+                400,
+                f"prompt {k} too long: {len(ids)} tokens + prefix of {P} leave no room in the "
+                f"model's {state.max_context} positions",
+                "prompt",
+                "context_length_exceeded",
+            )
         if P + len(ids) + max_tokens > state.max_context:
-            raise ApiError(400, f"'max_tokens' {max_tokens} too large: prompt {k} ({len(ids)} tokens) + prefix of "
-                           f"{P} + max_tokens exceed the model's {state.max_context} positions; at most "
-                           f"{state.max_context - P - len(ids)}", "max_tokens", "context_length_exceeded")
+            raise ApiError(
+                400,
+                f"'max_tokens' {max_tokens} too large: prompt {k} ({len(ids)} tokens) + prefix of "
+                f"{P} + max_tokens exceed the model's {state.max_context} positions; at most "
+                f"{state.max_context - P - len(ids)}",
+                "max_tokens",
+                "context_length_exceeded",
+            )
     if best_of > 1:
         if n != 1 or temperature != 0 or stream:
-            raise ApiError(400, "best_of > 1 is beam search here: it needs n = 1, temperature 0 and no stream",
-                           "best_of")
+            raise ApiError(
+                400, "best_of > 1 is beam search here: it needs n = 1, temperature 0 and no stream", "best_of"
+            )
         if tables is None:
-            raise ApiError(400, "best_of > 1 (beam search) takes string prompts without \"raw\"", "best_of")
+            raise ApiError(400, 'best_of > 1 (beam search) takes string prompts without "raw"', "best_of")
     ban = _bool(body, "ban_newlines", True)
     eos = state.tokenizer.eos_token_id
     banned = tuple(sorted(set(newline_token_ids(state.tokenizer)) - {eos})) if ban else ()
-    return Completion(model, prefix, prompts, tables, n, best_of, max_tokens, min_tokens, ban, banned, temperature,
-                      top_p, seed, tuple(stop), stream, _bool(opts, "include_usage", False))
+    return Completion(
+        model,
+        prefix,
+        prompts,
+        tables,
+        n,
+        best_of,
+        max_tokens,
+        min_tokens,
+        ban,
+        banned,
+        temperature,
+        top_p,
+        seed,
+        tuple(stop),
+        stream,
+        _bool(opts, "include_usage", False),
+    )
 
 
 async def beam_completion(state, job: Completion) -> dict:
     """best_of > 1: the paper's beam search via `decode.decode`, outside the continuous batch, one at a time."""
 
     if state.beam_waiting >= state.engine.max_waiting:
-        raise ApiError(429, "too many beam requests waiting; retry later", None, "rate_limit_exceeded",
-                       "rate_limit_error")
-    cfg = DecodeConfig(beam_size=job.best_of, max_new_tokens=job.max_tokens, min_new_tokens=job.min_tokens,
-                       ban_newlines=job.ban_newlines, precision=state.precision, batch_size=len(job.tables))
+        raise ApiError(
+            429, "too many beam requests waiting; retry later", None, "rate_limit_exceeded", "rate_limit_error"
+        )
+    cfg = DecodeConfig(
+        beam_size=job.best_of,
+        max_new_tokens=job.max_tokens,
+        min_new_tokens=job.min_tokens,
+        ban_newlines=job.ban_newlines,
+        precision=state.precision,
+        batch_size=len(job.tables),
+    )
 
     def run() -> list[str]:
         with state.beam_lock:

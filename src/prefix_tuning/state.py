@@ -31,8 +31,9 @@ def select_state(model: nn.Module, select: Select) -> dict[str, Tensor]:
     return {k: v.detach().clone() for k, v in model.state_dict().items() if select(k)}
 
 
-def load_state(model: nn.Module, state: dict[str, Tensor], select: Select, *, what: str = "state",
-               shape_hint: str = "") -> None:
+def load_state(
+    model: nn.Module, state: dict[str, Tensor], select: Select, *, what: str = "state", shape_hint: str = ""
+) -> None:
     """Copy `state` into the selected tensors of `model`; the key sets and shapes must match exactly."""
     own = {k: v for k, v in model.state_dict().items() if select(k)}
     if set(own) != set(state):
@@ -41,8 +42,10 @@ def load_state(model: nn.Module, state: dict[str, Tensor], select: Select, *, wh
     with torch.no_grad():
         for k, v in state.items():
             if own[k].shape != v.shape:
-                raise ValueError(f"{k}: shape {tuple(v.shape)} in the {what}, {tuple(own[k].shape)} in the model"
-                                 + (f" ({shape_hint})" if shape_hint else ""))
+                raise ValueError(
+                    f"{k}: shape {tuple(v.shape)} in the {what}, {tuple(own[k].shape)} in the model"
+                    + (f" ({shape_hint})" if shape_hint else "")
+                )
             own[k].copy_(v)
 
 
@@ -50,8 +53,9 @@ def save_state(state: dict[str, Tensor], path: str | Path, metadata: dict[str, s
     """Write the tensors (contiguous, on the CPU) and string metadata atomically."""
     path = Path(path)
     with atomic_path(path) as tmp:
-        safetensors.torch.save_file({k: v.detach().contiguous().cpu() for k, v in state.items()}, str(tmp),
-                                    metadata=metadata)
+        safetensors.torch.save_file(
+            {k: v.detach().contiguous().cpu() for k, v in state.items()}, str(tmp), metadata=metadata
+        )
     return path
 
 
@@ -60,13 +64,17 @@ def read_metadata(path: str | Path) -> dict[str, str]:
         with safe_open(str(path), framework="pt") as f:
             return f.metadata() or {}
     except SafetensorError as e:
-        raise CorruptFileError(f"{path} {describe_unreadable(Path(path), e)}; restore it from a copy, or delete "
-                               f"it and train the run again with --no-resume") from None
+        raise CorruptFileError(
+            f"{path} {describe_unreadable(Path(path), e)}; restore it from a copy, or delete "
+            f"it and train the run again with --no-resume"
+        ) from None
 
 
 def read_state(path: str | Path, device: str | torch.device = "cpu") -> dict[str, Tensor]:
     try:
         return safetensors.torch.load_file(str(path), device=str(device))
     except SafetensorError as e:
-        raise CorruptFileError(f"{path} {describe_unreadable(Path(path), e)}; restore it from a copy, or delete "
-                               f"it and train the run again with --no-resume") from None
+        raise CorruptFileError(
+            f"{path} {describe_unreadable(Path(path), e)}; restore it from a copy, or delete "
+            f"it and train the run again with --no-resume"
+        ) from None

@@ -69,8 +69,9 @@ def batch_loss(method: Method, batch: dict[str, Tensor], mode: str, dtype: torch
     logits = method.forward(batch["input_ids"], batch["attention_mask"], dtype, logits_to_keep=k)  # (B, k, V)
     B, V = logits.shape[0], logits.shape[-1]
     # flat cross-entropy: no transposed copy of the logits, no slow 2-D nll path
-    logp = torch.nn.functional.cross_entropy(logits[:, :-1].float().reshape(-1, V), labels.reshape(-1),
-                                             ignore_index=IGNORE_INDEX, reduction="none").view(B, -1)  # (B, k-1)
+    logp = torch.nn.functional.cross_entropy(
+        logits[:, :-1].float().reshape(-1, V), labels.reshape(-1), ignore_index=IGNORE_INDEX, reduction="none"
+    ).view(B, -1)  # (B, k-1)
     n_tokens = int((labels != IGNORE_INDEX).sum())
     if mode == "sentence_sum":
         return logp.sum(1).mean(), n_tokens
@@ -89,8 +90,8 @@ def batches(n: int, batch_size: int, seed: int, epoch: int, lengths: list[int] |
     order = torch.randperm(n, generator=torch.Generator().manual_seed(seed * 1000 + epoch)).tolist()
     if lengths is not None:
         mega = MEGABATCH * batch_size
-        order = [i for j in range(0, n, mega) for i in sorted(order[j:j + mega], key=lambda i: -lengths[i])]
-    out = [order[i:i + batch_size] for i in range(0, n, batch_size)]
+        order = [i for j in range(0, n, mega) for i in sorted(order[j : j + mega], key=lambda i: -lengths[i])]
+    out = [order[i : i + batch_size] for i in range(0, n, batch_size)]
     if lengths is not None and out:
         longest = max(range(len(out)), key=lambda b: lengths[out[b][0]])
         out[0], out[longest] = out[longest], out[0]
@@ -106,7 +107,7 @@ def dev_loss(method: Method, dev, pad_id: int, cfg: RunConfig, device, dtype, pr
     mine = shard(range(len(dev)), world, rank)
     total, count = 0.0, 0
     for i in range(0, len(mine), cfg.train.batch_size):
-        chunk = [dev[j] for j in mine[i:i + cfg.train.batch_size]]
+        chunk = [dev[j] for j in mine[i : i + cfg.train.batch_size]]
         batch = {k: v.to(device) for k, v in collate(chunk, pad_id).items()}
         with _autocast(device, dtype):
             loss, _ = batch_loss(method, batch, cfg.train.loss, dtype)
@@ -162,9 +163,12 @@ def train(cfg: RunConfig, *, resume: bool = True, max_steps_this_call: int | Non
         save_config(cfg, run.config)
     dtype = dtype_of(precision)
     if main:
-        print(f"[train] {cfg.method.name}: precision {precision}, {threads} threads, device {device}"
-              + (f", {procs.world} processes" if procs.world > 1 else "")
-              + (f" ({describe_cpu()})" if device.type == "cpu" else ""), file=sys.stderr)
+        print(
+            f"[train] {cfg.method.name}: precision {precision}, {threads} threads, device {device}"
+            + (f", {procs.world} processes" if procs.world > 1 else "")
+            + (f" ({describe_cpu()})" if device.type == "cpu" else ""),
+            file=sys.stderr,
+        )
 
     train_ex, dev_ex = load_examples(cfg)
     torch.manual_seed(cfg.train.seed)
@@ -187,7 +191,8 @@ def train(cfg: RunConfig, *, resume: bool = True, max_steps_this_call: int | Non
     opt = torch.optim.AdamW(params, lr=cfg.train.lr, weight_decay=cfg.train.weight_decay)
     warm = cfg.train.warmup_steps
     sched = torch.optim.lr_scheduler.LambdaLR(
-        opt, lambda s: (s + 1) / warm if s < warm else max(0.0, (total_steps - s) / max(1, total_steps - warm)))
+        opt, lambda s: (s + 1) / warm if s < warm else max(0.0, (total_steps - s) / max(1, total_steps - warm))
+    )
     scaler = torch.amp.GradScaler(device.type, enabled=dtype == torch.float16 and device.type == "cuda")
 
     step, best, train_seconds = 0, None, 0.0
@@ -205,8 +210,10 @@ def train(cfg: RunConfig, *, resume: bool = True, max_steps_this_call: int | Non
         if main and run.log.is_file() and run.log.stat().st_size > ck["log_bytes"]:
             os.truncate(run.log, ck["log_bytes"])  # lines after the checkpoint: the resumed run writes them again
     elif resume and (old := run.path / "checkpoints" / "last.pt").is_file():
-        raise CorruptFileError(f"{old} is an older prefix-tuning's pickle checkpoint, not loaded (unpickling can run "
-                               f"arbitrary code); {RESTART}")
+        raise CorruptFileError(
+            f"{old} is an older prefix-tuning's pickle checkpoint, not loaded (unpickling can run "
+            f"arbitrary code); {RESTART}"
+        )
     elif main and run.log.exists():
         run.log.unlink()  # a fresh run: the old log would mix two runs
 
@@ -215,10 +222,19 @@ def train(cfg: RunConfig, *, resume: bool = True, max_steps_this_call: int | Non
             return
         log.flush()  # the log up to this step is on disk, and its length is in the checkpoint
         os.fsync(log.fileno())
-        save_checkpoint(ckpt_path, {"trainable": method.trainable_state(), "optimizer": opt.state_dict(),
-                                    "scheduler": sched.state_dict(), "step": step, "best_dev_loss": best,
-                                    "train_seconds": train_seconds, "rng": _rng_state(),
-                                    "log_bytes": os.fstat(log.fileno()).st_size})
+        save_checkpoint(
+            ckpt_path,
+            {
+                "trainable": method.trainable_state(),
+                "optimizer": opt.state_dict(),
+                "scheduler": sched.state_dict(),
+                "step": step,
+                "best_dev_loss": best,
+                "train_seconds": train_seconds,
+                "rng": _rng_state(),
+                "log_bytes": os.fstat(log.fileno()).st_size,
+            },
+        )
 
     def evaluate(tag: dict) -> None:
         nonlocal best
@@ -234,10 +250,27 @@ def train(cfg: RunConfig, *, resume: bool = True, max_steps_this_call: int | Non
         method.train_mode(cfg.method.backbone_dropout)
 
     log = open(run.log if main else os.devnull, "a", encoding="utf-8")  # one writer: the main process
-    log.write(json.dumps({"event": "start", "step": step, "precision": precision, "threads": threads,
-                          "device": str(device), "cpu": describe_cpu() if device.type == "cpu" else None}) + "\n")
-    bar = tqdm(total=total_steps, initial=step, desc=f"train {cfg.method.name}", unit="step", dynamic_ncols=True,
-               disable=not main)
+    log.write(
+        json.dumps(
+            {
+                "event": "start",
+                "step": step,
+                "precision": precision,
+                "threads": threads,
+                "device": str(device),
+                "cpu": describe_cpu() if device.type == "cpu" else None,
+            }
+        )
+        + "\n"
+    )
+    bar = tqdm(
+        total=total_steps,
+        initial=step,
+        desc=f"train {cfg.method.name}",
+        unit="step",
+        dynamic_ncols=True,
+        disable=not main,
+    )
     steps_this_call = 0
     method.train_mode(cfg.method.backbone_dropout)
     try:
@@ -272,8 +305,19 @@ def train(cfg: RunConfig, *, resume: bool = True, max_steps_this_call: int | Non
             steps_this_call += 1
             dt = time.perf_counter() - t0
             train_seconds += dt
-            log.write(json.dumps({"step": step, "epoch": epoch, "loss": loss_sum, "lr": lr,
-                                  "tokens_per_s": n_tok / dt, "seconds": dt}) + "\n")
+            log.write(
+                json.dumps(
+                    {
+                        "step": step,
+                        "epoch": epoch,
+                        "loss": loss_sum,
+                        "lr": lr,
+                        "tokens_per_s": n_tok / dt,
+                        "seconds": dt,
+                    }
+                )
+                + "\n"
+            )
             bar.update(1)
             bar.set_postfix(loss=f"{loss_sum:.3f}", lr=f"{lr:.2e}")
             end_of_epoch = step % steps_per_epoch == 0
@@ -295,6 +339,15 @@ def train(cfg: RunConfig, *, resume: bool = True, max_steps_this_call: int | Non
         save_artifact(run, method, cfg)  # no dev set: the last weights are the output
     procs.wait()  # the run's files are written when any process returns
     epochs_done = step / steps_per_epoch
-    return TrainResult(run.path, step, best, train_seconds, train_seconds / max(epochs_done, 1e-9),
-                       stored_numel(cfg, model, method.encoder.length if method.encoder else None),
-                       sum(p.numel() for p in params), artifact, precision, threads)
+    return TrainResult(
+        run.path,
+        step,
+        best,
+        train_seconds,
+        train_seconds / max(epochs_done, 1e-9),
+        stored_numel(cfg, model, method.encoder.length if method.encoder else None),
+        sum(p.numel() for p in params),
+        artifact,
+        precision,
+        threads,
+    )

@@ -103,6 +103,7 @@ def linearize_triples(triples: Iterable[Triple | tuple[str, str, str]]) -> str:
 
 # ---------------------------------------------------------------------------------------------- reading
 
+
 def data_dir(path: str | os.PathLike | None = None) -> Path:
     """`path`, else $PREFIX_TUNING_DATA, else the user cache dir (as `prefix_tuning.e2e.resolve_data_dir`)."""
     if path is not None:
@@ -118,9 +119,11 @@ def archive_path(path: str | os.PathLike | None = None) -> Path:
     for candidate in (d / "webnlg2017" / ARCHIVE, d / ARCHIVE):
         if candidate.is_file():
             return candidate
-    raise DataError(f"{d}: no WebNLG 2017 data; expected {d / 'webnlg2017' / ARCHIVE} (the release used by "
-                    f"XiangLi1999/PrefixTuning, data/webnlg_challenge_2017/ as a tar.gz); pass data_dir or set "
-                    f"${ENV_VAR}")
+    raise DataError(
+        f"{d}: no WebNLG 2017 data; expected {d / 'webnlg2017' / ARCHIVE} (the release used by "
+        f"XiangLi1999/PrefixTuning, data/webnlg_challenge_2017/ as a tar.gz); pass data_dir or set "
+        f"${ENV_VAR}"
+    )
 
 
 def load_webnlg(split: str, *, data_dir: str | os.PathLike | None = None) -> list[Entry]:
@@ -134,14 +137,20 @@ def load_webnlg(split: str, *, data_dir: str | os.PathLike | None = None) -> lis
     try:
         with tarfile.open(archive, "r:*") as tar:
             # Read in archive order (a gzip stream cannot seek back cheaply), then parse in the original's order.
-            raw = {m.name: tar.extractfile(m).read() for m in tar  # type: ignore[union-attr]
-                   if m.isfile() and m.name.endswith(".xml") and
-                   (m.name.endswith("/" + want) if want else f"/{split}/" in f"/{m.name}")}
+            raw = {
+                m.name: tar.extractfile(m).read()
+                for m in tar  # type: ignore[union-attr]
+                if m.isfile()
+                and m.name.endswith(".xml")
+                and (m.name.endswith("/" + want) if want else f"/{split}/" in f"/{m.name}")
+            }
     except (tarfile.TarError, OSError, EOFError) as err:
         raise DataError(f"{archive}:1: unreadable archive ({err}); expected the gzipped release tarball") from err
     if not raw:
-        raise DataError(f"{archive}: no member {want or split + '/<n>triples/*.xml'}; expected the WebNLG 2017 "
-                        "challenge release layout")
+        raise DataError(
+            f"{archive}: no member {want or split + '/<n>triples/*.xml'}; expected the WebNLG 2017 "
+            "challenge release layout"
+        )
     entries: list[Entry] = []
     for name in sorted(raw):
         entries += parse_benchmark(raw[name], f"{archive.name}:{name}")
@@ -166,33 +175,40 @@ def _entry(xe: ET.Element, at: str) -> Entry:
     attrs = xe.attrib
     missing = [a for a in ("category", "eid", "size") if not attrs.get(a, "").strip()]
     if missing:
-        raise DataError(f"{at}: <entry> without attribute {', '.join(missing)}; expected "
-                        '<entry category="..." eid="Id<n>" size="<number of triples>">')
+        raise DataError(
+            f"{at}: <entry> without attribute {', '.join(missing)}; expected "
+            '<entry category="..." eid="Id<n>" size="<number of triples>">'
+        )
     eid = attrs["eid"]
     sets = xe.findall("modifiedtripleset")
     triples = []
     for mt in sets[0].findall("mtriple") if len(sets) == 1 else []:
         parts = (mt.text or "").split(" | ")
         if len(parts) != 3 or not all(p.strip() for p in parts):
-            raise DataError(f"{at}: entry {eid}: bad triple {mt.text!r}; expected 'subject | property | object' "
-                            "with three non-empty parts")
+            raise DataError(
+                f"{at}: entry {eid}: bad triple {mt.text!r}; expected 'subject | property | object' "
+                "with three non-empty parts"
+            )
         triples.append(Triple(*parts))
     if not triples:
-        raise DataError(f"{at}: entry {eid}: {len(sets)} <modifiedtripleset> and no <mtriple> read; expected "
-                        "exactly one set of at least one triple")
+        raise DataError(
+            f"{at}: entry {eid}: {len(sets)} <modifiedtripleset> and no <mtriple> read; expected "
+            "exactly one set of at least one triple"
+        )
     lexs = []
     for lx in xe.findall("lex"):
         if not (lx.text or "").strip():
             raise DataError(f"{at}: entry {eid}: empty <lex>; expected the reference text")
         if "comment" not in lx.attrib:
-            raise DataError(f'{at}: entry {eid}: <lex> without attribute comment; expected comment="good" or '
-                            '"toFix"')
+            raise DataError(f'{at}: entry {eid}: <lex> without attribute comment; expected comment="good" or "toFix"')
         lexs.append(Lexicalisation(lx.text or "", lx.attrib["comment"], lx.attrib.get("lid", "")))
     if not lexs:
         raise DataError(f"{at}: entry {eid}: no <lex>; expected at least one reference text")
     if attrs["size"].strip() != str(len(triples)):
-        raise DataError(f"{at}: entry {eid}: size={attrs['size']!r} but {len(triples)} triples; expected the "
-                        "number of modified triples")
+        raise DataError(
+            f"{at}: entry {eid}: size={attrs['size']!r} but {len(triples)} triples; expected the "
+            "number of modified triples"
+        )
     return Entry(eid, attrs["category"], len(triples), tuple(triples), tuple(lexs), at)
 
 
@@ -203,8 +219,10 @@ def parse_benchmark(data: bytes | str, where: str = "<string>") -> list[Entry]:
         root = ET.fromstring(data)
     except ET.ParseError as err:
         line, col = err.position
-        raise DataError(f"{where}:{line}: malformed XML ({str(err).split(':')[0]}, column {col + 1}); expected a "
-                        "WebNLG benchmark XML file") from None
+        raise DataError(
+            f"{where}:{line}: malformed XML ({str(err).split(':')[0]}, column {col + 1}); expected a "
+            "WebNLG benchmark XML file"
+        ) from None
     lines = _entry_lines(raw)
     elements = list(root.iter("entry"))
     if not elements:
@@ -214,11 +232,16 @@ def parse_benchmark(data: bytes | str, where: str = "<string>") -> list[Entry]:
 
 # ----------------------------------------------------------------------------------- original's views
 
+
 def training_examples(entries: Sequence[Entry], *, good_only: bool = True) -> list[Example]:
     """One `Example(mr=table, table=table, ref=lex)` per lexicalisation, in entry order: what the original
     trains on (`good_only`: comment == "good", as `LineByLineWebNLGTextDataset`)."""
-    return [Example(mr=e.table, table=e.table, ref=lex.text, source=e.source)
-            for e in entries for lex in e.lexs if lex.comment == "good" or not good_only]
+    return [
+        Example(mr=e.table, table=e.table, ref=lex.text, source=e.source)
+        for e in entries
+        for lex in e.lexs
+        if lex.comment == "good" or not good_only
+    ]
 
 
 def decode_groups(entries: Sequence[Entry]) -> list[MRGroup]:
@@ -242,8 +265,9 @@ def outputs_per_entry(entries: Sequence[Entry], groups: Sequence[MRGroup], outpu
     return [by_table[e.table] for e in entries]
 
 
-def score_outputs(entries: Sequence[Entry], groups: Sequence[MRGroup], hyps: Sequence[str],
-                  metrics: Sequence[str] | None = None) -> dict:
+def score_outputs(
+    entries: Sequence[Entry], groups: Sequence[MRGroup], hyps: Sequence[str], metrics: Sequence[str] | None = None
+) -> dict:
     """The challenge's scores of `hyps`: `{"S": {...}, "U": {...}, "A": {...}, "n_entries", "signature"}` with
     BLEU, METEOR and TER as fractions per category split (`metrics.score_webnlg`).
 
@@ -255,12 +279,15 @@ def score_outputs(entries: Sequence[Entry], groups: Sequence[MRGroup], hyps: Seq
     elif len(hyps) == len(entries):
         per_entry = hyps
     else:
-        raise ValueError(f"{len(hyps)} outputs; expected one per unique source ({len(groups)}) or one per entry "
-                         f"({len(entries)})")
+        raise ValueError(
+            f"{len(hyps)} outputs; expected one per unique source ({len(groups)}) or one per entry ({len(entries)})"
+        )
     names = set(WEBNLG_METRICS) if metrics is None else {x.strip().upper() for x in metrics if x.strip()}
     if not names or names - set(WEBNLG_METRICS):
-        raise ValueError(f"unknown WebNLG metric(s) {sorted(names - set(WEBNLG_METRICS))} or none; choose from "
-                         f"{', '.join(WEBNLG_METRICS)}")
+        raise ValueError(
+            f"unknown WebNLG metric(s) {sorted(names - set(WEBNLG_METRICS))} or none; choose from "
+            f"{', '.join(WEBNLG_METRICS)}"
+        )
     wanted = [m for m in WEBNLG_METRICS if m in names]
     refs, seen = [e.refs for e in entries], [e.seen for e in entries]
     try:
@@ -293,8 +320,11 @@ def _transliterable(hyps: Sequence[str]) -> list[str]:
             out.append("".join(kept))
             changed += 1
     if changed:
-        print(f"warning: {changed} output(s) hold characters without a built-in ASCII transliteration; dropped "
-              "them (`pip install Unidecode` to score them as the challenge did)", file=sys.stderr)
+        print(
+            f"warning: {changed} output(s) hold characters without a built-in ASCII transliteration; dropped "
+            "them (`pip install Unidecode` to score them as the challenge did)",
+            file=sys.stderr,
+        )
     return out
 
 

@@ -26,10 +26,18 @@ def sua_table(data: dict) -> list[str]:
     """Mean ± sd over seeds per method and S/U/A split, then the paper's numbers (GPT-2 Medium, full data)."""
     methods = list(dict.fromkeys(r["method"] for r in data["runs"]))
     cols = [f"{m} {s}" for m in METRICS for s in SPLITS]
-    lines = ["", "## WebNLG test: seen (S) / unseen (U) / all (A) categories",
-             "", ("BLEU in % (multi-bleu, lower-cased, 3 refs), METEOR and TER as fractions (TER: lower is better); "
-                  "a metric left out (e.g. METEOR in --quick) shows `-`."), "",
-             "| source | method | seeds | " + " | ".join(cols) + " |", "|---|---|---|" + "---|" * len(cols)]
+    lines = [
+        "",
+        "## WebNLG test: seen (S) / unseen (U) / all (A) categories",
+        "",
+        (
+            "BLEU in % (multi-bleu, lower-cased, 3 refs), METEOR and TER as fractions (TER: lower is better); "
+            "a metric left out (e.g. METEOR in --quick) shows `-`."
+        ),
+        "",
+        "| source | method | seeds | " + " | ".join(cols) + " |",
+        "|---|---|---|" + "---|" * len(cols),
+    ]
     for method in methods:
         rs = [r for r in data["runs"] if r["method"] == method]
         cells = []
@@ -70,6 +78,8 @@ def sua_plot(data: dict, out_dir: Path) -> Path:
         ax.grid(axis="y", alpha=0.3)
     axes[0].legend(fontsize=8)
     cfg = runs[0]["config"]
-    fig.suptitle(f"WebNLG 2017 test: prefix-tuning vs fine-tuning ({cfg['model']['name']}, "
-                 f"{cfg['data']['train_size'] or 'all'} training rows; paper: GPT-2 Medium, full data)")
+    fig.suptitle(
+        f"WebNLG 2017 test: prefix-tuning vs fine-tuning ({cfg['model']['name']}, "
+        f"{cfg['data']['train_size'] or 'all'} training rows; paper: GPT-2 Medium, full data)"
+    )
     return _save(fig, out_dir / "webnlg.png")

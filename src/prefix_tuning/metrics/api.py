@@ -70,8 +70,10 @@ def _check(refs: Sequence[Sequence[str]], hyps: Sequence[str]) -> None:
                 try:  # a lone surrogate (text decoded with errors="surrogateescape") cannot reach Java
                     text.encode("utf-8")
                 except UnicodeEncodeError as err:
-                    raise EvalInputError(f"{what} {i}: not valid Unicode text ({err.reason} at character "
-                                         f"{err.start}); decode the text as UTF-8 without surrogateescape") from None
+                    raise EvalInputError(
+                        f"{what} {i}: not valid Unicode text ({err.reason} at character "
+                        f"{err.start}); decode the text as UTF-8 without surrogateescape"
+                    ) from None
 
 
 def _mteval_scores(prepared: mteval.PreparedRefs, hyps: Sequence[str], wanted: list[str]) -> dict[str, float]:
@@ -84,9 +86,7 @@ def _mteval_scores(prepared: mteval.PreparedRefs, hyps: Sequence[str], wanted: l
     return out
 
 
-def score(
-    refs: Sequence[Sequence[str]], hyps: Sequence[str], metrics: Sequence[str] | None = None
-) -> dict[str, float]:
+def score(refs: Sequence[Sequence[str]], hyps: Sequence[str], metrics: Sequence[str] | None = None) -> dict[str, float]:
     """Score outputs against references like the official E2E ``measure_scores.py``.
 
     ``refs[i]`` are the references of MR ``i``, ``hyps[i]`` its output (one line of

@@ -60,20 +60,38 @@ def add_evaluate_parser(subparsers: Any) -> argparse.ArgumentParser:
         epilog=_EPILOG,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    parser.add_argument("refs", metavar="REFS", help="references: E2E CSV (mr,ref) or grouped plain text "
-                        "(--dataset webnlg: no REFS, give OUTPUT only)")
+    parser.add_argument(
+        "refs",
+        metavar="REFS",
+        help="references: E2E CSV (mr,ref) or grouped plain text (--dataset webnlg: no REFS, give OUTPUT only)",
+    )
     parser.add_argument(
         "output", metavar="OUTPUT", nargs="?", help="system outputs: one line per MR, or CSV/TSV with an MR column"
     )
-    parser.add_argument("--dataset", choices=("e2e", "webnlg", "custom"), default="e2e",
-                        help="e2e (default), webnlg (references from the WebNLG 2017 release, S/U/A scores) or "
-                        "custom (REFS is a jsonl/csv/tsv file of source/target rows)")
-    parser.add_argument("--split", default="test", choices=("train", "dev", "test"),
-                        help="--dataset webnlg: the split OUTPUT decodes (default test)")
-    parser.add_argument("--data-dir", default=None, help="--dataset webnlg: data folder (default "
-                        "$PREFIX_TUNING_DATA, then the user cache)")
-    parser.add_argument("--format", default=None, choices=("jsonl", "csv", "tsv"),
-                        help="--dataset custom: REFS format (default: from its extension)")
+    parser.add_argument(
+        "--dataset",
+        choices=("e2e", "webnlg", "custom"),
+        default="e2e",
+        help="e2e (default), webnlg (references from the WebNLG 2017 release, S/U/A scores) or "
+        "custom (REFS is a jsonl/csv/tsv file of source/target rows)",
+    )
+    parser.add_argument(
+        "--split",
+        default="test",
+        choices=("train", "dev", "test"),
+        help="--dataset webnlg: the split OUTPUT decodes (default test)",
+    )
+    parser.add_argument(
+        "--data-dir",
+        default=None,
+        help="--dataset webnlg: data folder (default $PREFIX_TUNING_DATA, then the user cache)",
+    )
+    parser.add_argument(
+        "--format",
+        default=None,
+        choices=("jsonl", "csv", "tsv"),
+        help="--dataset custom: REFS format (default: from its extension)",
+    )
     parser.add_argument("--source-field", default="source", help="--dataset custom: source field (default source)")
     parser.add_argument("--target-field", default="target", help="--dataset custom: target field (default target)")
     parser.add_argument("--group-field", default=None, help="--dataset custom: group label field, scored per group")
@@ -110,9 +128,7 @@ def add_evaluate_parser(subparsers: Any) -> argparse.ArgumentParser:
     return parser
 
 
-def _score_with_fallback(
-    refs: list[list[str]], systems: list[list[str]], wanted: list[str]
-) -> list[dict[str, float]]:
+def _score_with_fallback(refs: list[list[str]], systems: list[list[str]], wanted: list[str]) -> list[dict[str, float]]:
     """Score; if Java is missing, warn and return the metrics that need no Java."""
     try:
         return score_many(refs, systems, wanted)
@@ -124,9 +140,7 @@ def _score_with_fallback(
 
 
 def _table(rows: list[tuple[str, list[str]]], header: list[str]) -> str:
-    widths = [
-        max(len(header[i]), *(len(r[1][i - 1]) if i else len(r[0]) for r in rows)) for i in range(len(header))
-    ]
+    widths = [max(len(header[i]), *(len(r[1][i - 1]) if i else len(r[0]) for r in rows)) for i in range(len(header))]
     lines = ["  ".join(h.ljust(w) if i == 0 else h.rjust(w) for i, (h, w) in enumerate(zip(header, widths)))]
     for name, cells in rows:
         lines.append("  ".join([name.ljust(widths[0]), *(c.rjust(w) for c, w in zip(cells, widths[1:]))]))
@@ -142,8 +156,12 @@ def _webnlg_scores(args: argparse.Namespace) -> dict:
     if args.output is not None:
         raise ValueError("--dataset webnlg takes OUTPUT only (the references come from the WebNLG release)")
     entries = webnlg.load_webnlg(args.split, data_dir=args.data_dir)
-    return webnlg.score_outputs(entries, webnlg.decode_groups(entries), _read_lines(args.refs),
-                                [m for m in args.metrics.split(",") if m.strip()] if args.metrics else None)
+    return webnlg.score_outputs(
+        entries,
+        webnlg.decode_groups(entries),
+        _read_lines(args.refs),
+        [m for m in args.metrics.split(",") if m.strip()] if args.metrics else None,
+    )
 
 
 def _custom_scores(args: argparse.Namespace) -> dict:
@@ -152,8 +170,11 @@ def _custom_scores(args: argparse.Namespace) -> dict:
     fmt = args.format or args.refs.rsplit(".", 1)[-1].lower()
     if fmt not in ("jsonl", "csv", "tsv"):
         raise ValueError(f"{args.refs}: cannot tell the format from the extension; pass --format jsonl|csv|tsv")
-    groups = owndata.source_groups(owndata.load_rows(args.refs, fmt, source_field=args.source_field,
-                                                     target_field=args.target_field, group_field=args.group_field))
+    groups = owndata.source_groups(
+        owndata.load_rows(
+            args.refs, fmt, source_field=args.source_field, target_field=args.target_field, group_field=args.group_field
+        )
+    )
     hyps = _read_lines(args.output)
     check_count(args.output, len(hyps), len(groups))
     wanted = normalize_metrics(part for part in (args.metrics or ",".join(METRICS)).split(",") if part.strip())

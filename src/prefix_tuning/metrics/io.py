@@ -160,8 +160,7 @@ def read_outputs(path: str | os.PathLike[str], mrs: Sequence[str] | None = None)
             )
         if mr in found:
             raise EvalInputError(
-                f"{path}, line {number}: MR {mr!r} already has an output on line "
-                f"{found[mr][0]}; keep one output per MR"
+                f"{path}, line {number}: MR {mr!r} already has an output on line {found[mr][0]}; keep one output per MR"
             )
         found[mr] = (number, text)
     missing = [mr for mr in mrs if mr not in found]
@@ -183,9 +182,7 @@ def check_count(path: str | os.PathLike[str], n_outputs: int, n_refs: int) -> No
         )
 
 
-def load(
-    refs_path: str | os.PathLike[str], outputs_path: str | os.PathLike[str]
-) -> tuple[list[list[str]], list[str]]:
+def load(refs_path: str | os.PathLike[str], outputs_path: str | os.PathLike[str]) -> tuple[list[list[str]], list[str]]:
     """References and outputs aligned per MR, ready for :func:`score`."""
     mrs, refs = read_refs(refs_path)
     outputs = read_outputs(outputs_path, mrs)

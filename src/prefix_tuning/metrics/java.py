@@ -38,9 +38,7 @@ def java_path() -> str:
     """The ``java`` executable, or an error that says how to install one."""
     java = shutil.which("java")
     if java is None:
-        raise JavaNotFoundError(
-            f"METEOR, ROUGE_L and CIDEr need Java but `java` is not on PATH; {INSTALL_HINT}"
-        )
+        raise JavaNotFoundError(f"METEOR, ROUGE_L and CIDEr need Java but `java` is not on PATH; {INSTALL_HINT}")
     return java
 
 

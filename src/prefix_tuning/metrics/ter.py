@@ -299,8 +299,9 @@ def ter_pairs(pairs: Sequence[tuple[list[str], list[str]]], counters: TerCounter
     return result
 
 
-def segment_stats(hyps: Sequence[str], refs: Sequence[Sequence[str]],
-                  counters: TerCounters | None = None) -> np.ndarray:
+def segment_stats(
+    hyps: Sequence[str], refs: Sequence[Sequence[str]], counters: TerCounters | None = None
+) -> np.ndarray:
     """Per segment `[edits, mean reference length]` as tercom's multi-reference scoring (`score_all_refs`):
     the edits of the first reference with the fewest, the mean of all references' word counts."""
     if len(hyps) != len(refs):

@@ -57,8 +57,10 @@ def _builtin_ascii(text: str) -> str:
         elif ch in _BUILTIN:
             out.append(_BUILTIN[ch])
         else:
-            raise EvalInputError(f"character {ch!r} (U+{ord(ch):04X}) in {text[:60]!r} has no built-in ASCII "
-                                 "transliteration; `pip install Unidecode` (the challenge's own) to score it")
+            raise EvalInputError(
+                f"character {ch!r} (U+{ord(ch):04X}) in {text[:60]!r} has no built-in ASCII "
+                "transliteration; `pip install Unidecode` (the challenge's own) to score it"
+            )
     return "".join(out)
 
 
@@ -86,6 +88,7 @@ def normalize_ref(text: str, ascii_fn: Callable[[str], str] | None = None) -> st
 
 
 # -------------------------------------------------------------------------------------------------- BLEU
+
 
 def bleu_segment_stats(hyps: Sequence[str], ref_slots: Sequence[Sequence[str]]) -> np.ndarray:
     """multi-bleu.perl's counts per segment; `ref_slots[i]` are segment i's reference lines (empty ones too)."""
@@ -124,11 +127,14 @@ def multibleu_line(totals: Sequence[int] | np.ndarray) -> str:
     """The line multi-bleu.perl prints, e.g. `BLEU = 60.59, 85.6/67.9/53.7/43.1 (BP=1.000, ratio=1.023, ...)`."""
     r = multibleu_from_stats(totals)
     p = "/".join(f"{100 * x:.1f}" for x in r["precisions"])
-    return (f"BLEU = {100 * r['bleu']:.2f}, {p} (BP={r['bp']:.3f}, ratio={r['ratio']:.3f}, "
-            f"hyp_len={r['hyp_len']}, ref_len={r['ref_len']})")
+    return (
+        f"BLEU = {100 * r['bleu']:.2f}, {p} (BP={r['bp']:.3f}, ratio={r['ratio']:.3f}, "
+        f"hyp_len={r['hyp_len']}, ref_len={r['ref_len']})"
+    )
 
 
 # ------------------------------------------------------------------------------------------------ METEOR
+
 
 class _Meteor(MeteorProcess):
     """METEOR 1.5 (`-l en -norm`) returning per-segment statistics, so S, U and A cost one scoring pass."""
@@ -157,12 +163,15 @@ class _Meteor(MeteorProcess):
 
 # ------------------------------------------------------------------------------------------------- API
 
+
 def _check(hyps: Sequence[str], refs: Sequence[Sequence[str]], seen: Sequence[bool]) -> None:
     if isinstance(hyps, str) or any(isinstance(group, str) for group in refs):
         raise EvalInputError("hyps must be a list of strings and refs a list of reference lists")
     if not (len(hyps) == len(refs) == len(seen)):
-        raise EvalInputError(f"{len(hyps)} outputs, {len(refs)} reference sets and {len(seen)} seen flags; "
-                             "expected one of each per test entry")
+        raise EvalInputError(
+            f"{len(hyps)} outputs, {len(refs)} reference sets and {len(seen)} seen flags; "
+            "expected one of each per test entry"
+        )
     if not hyps:
         raise EvalInputError("nothing to score: no outputs")
     for i, group in enumerate(refs):
@@ -170,8 +179,9 @@ def _check(hyps: Sequence[str], refs: Sequence[Sequence[str]], seen: Sequence[bo
             raise EvalInputError(f"entry {i} has no reference; every entry needs at least one")
 
 
-def score_webnlg(hyps: Sequence[str], refs: Sequence[Sequence[str]], seen: Sequence[bool],
-                 metrics: Sequence[str] | str = METRICS) -> dict[str, dict[str, float]]:
+def score_webnlg(
+    hyps: Sequence[str], refs: Sequence[Sequence[str]], seen: Sequence[bool], metrics: Sequence[str] | str = METRICS
+) -> dict[str, dict[str, float]]:
     """Challenge scores of one output per entry: `{"S": {"BLEU", "METEOR", "TER"}, "U": {...}, "A": {...}}`.
 
     hyps: raw outputs (one line each, no preprocessing needed); refs: each entry's references in XML order
@@ -218,5 +228,12 @@ def signature(metrics: Sequence[str] | str = METRICS) -> str:
     """A sacrebleu-like string of the scoring settings, to store next to results."""
     parts = {"BLEU": "bleu:multi-bleu-lc-3ref", "METEOR": "meteor:1.5-en-norm-3ref", "TER": "ter:tercom-0.7.25-3ref"}
     chosen = [parts[m] for m in _wanted(metrics)]
-    return "|".join(["webnlg2017-official", "tok:split-nonword-lc", f"ascii:{transliterator()[1]}", *chosen,
-                     f"version:{__version__}"])
+    return "|".join(
+        [
+            "webnlg2017-official",
+            "tok:split-nonword-lc",
+            f"ascii:{transliterator()[1]}",
+            *chosen,
+            f"version:{__version__}",
+        ]
+    )
