@@ -27,12 +27,12 @@ from prefix_tuning.config import DecodeConfig, MethodConfig
 from prefix_tuning.data import load_e2e
 from prefix_tuning.decode import decode
 from prefix_tuning.methods import build_method
-from prefix_tuning.models import KVShape, load_tokenizer
+from prefix_tuning.models import KVShape, load_tokenizer, tiny_config
 from prefix_tuning.recompute import enable_checkpointing
 from prefix_tuning.train import batch_loss
 
 SHAPES = {  # name: (config, smoke config)
-    "gpt2-medium-shaped": (GPT2Config(n_layer=24, n_embd=1024, n_head=16), GPT2Config(n_layer=2, n_embd=32, n_head=4)),
+    "gpt2-medium-shaped": (GPT2Config(n_layer=24, n_embd=1024, n_head=16), tiny_config("tiny-gpt2")),
     "smollm2-135m-shaped": (
         LlamaConfig(
             vocab_size=50257,
@@ -44,15 +44,7 @@ SHAPES = {  # name: (config, smoke config)
             max_position_embeddings=2048,
             tie_word_embeddings=True,
         ),
-        LlamaConfig(
-            vocab_size=50257,
-            hidden_size=32,
-            intermediate_size=64,
-            num_hidden_layers=2,
-            num_attention_heads=4,
-            num_key_value_heads=2,
-            tie_word_embeddings=True,
-        ),
+        tiny_config("tiny-llama"),
     ),
 }
 
