@@ -8,7 +8,6 @@ import dataclasses
 import inspect
 import itertools
 import json
-import os
 import socket
 import sys
 import textwrap
@@ -22,6 +21,7 @@ from . import __version__, experiments
 from . import serve as serve_module
 from .checkpoint import CorruptFileError, DiskFullError
 from .config import ConfigError, DecodeConfig, load_config, to_dict
+from .dist import launched_rank
 from .e2e import DataError
 from .generate import generate_runs
 from .hardware import PRECISIONS
@@ -50,7 +50,7 @@ def cmd_train(args: argparse.Namespace) -> int:
         print(yaml.safe_dump(to_dict(cfg), sort_keys=False), end="")
         return 0
     res = train(cfg, resume=not args.no_resume)
-    if int(os.environ.get("RANK", "0")) != 0:  # under torchrun / accelerate launch: the main process reports
+    if launched_rank() != 0:  # under torchrun / accelerate launch: the main process reports
         return 0
     print(
         f"run dir: {res.run_dir}\n  steps: {res.steps}  best dev loss: {res.best_dev_loss}\n"
@@ -196,7 +196,7 @@ def cmd_generate(args: argparse.Namespace) -> int:
     except ValueError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
-    if int(os.environ.get("RANK", "0")) != 0:  # under torchrun / accelerate launch: the main process reports
+    if launched_rank() != 0:  # under torchrun / accelerate launch: the main process reports
         return 0
     for f in files:
         line = str(f.outputs)

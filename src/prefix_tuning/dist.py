@@ -72,6 +72,16 @@ class Processes:
             self.accelerator.wait_for_everyone()
 
 
+def launched_rank() -> int:
+    """This process's rank in a torchrun / accelerate launch, from the launcher's environment (0: not launched)."""
+    return int(os.environ.get("RANK", "0"))
+
+
+def local_processes() -> int:
+    """Processes of the launch on this machine: they share its cores (1: not launched)."""
+    return int(os.environ.get("LOCAL_WORLD_SIZE", "1"))
+
+
 def start(device: torch.device) -> Processes:
     """Join the launch this process belongs to (gloo on CPU, NCCL on CUDA). A lone process creates no
     Accelerator: its state is process-wide, and a later call for another device (train on CUDA, then decode on

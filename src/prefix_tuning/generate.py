@@ -15,7 +15,6 @@ the main process gathers them in order and writes the files, so they equal a 1-p
 from __future__ import annotations
 
 import dataclasses
-import os
 import time
 from collections.abc import Sequence
 from pathlib import Path
@@ -27,7 +26,7 @@ from .config import DecodeConfig, RunConfig, validate
 from .corpora import Scorer, decode_set, score_outputs  # noqa: F401  (score_outputs re-exported)
 from .data import linearize_mr
 from .decode import decode
-from .dist import shard, start
+from .dist import local_processes, shard, start
 from .hardware import dtype_of, resolve_precision, set_threads
 from .models import KVShape, resolve_device
 from .run import DecodeFiles, RunDir, load_run, read_config, read_prefix, write_decoded
@@ -135,7 +134,7 @@ def generate_runs(
         model, tokenizer, prefixes = _load_group(group, dev)
         d = group[0].decode_cfg
         # processes of one machine share its cores
-        threads = set_threads(d.num_threads, processes=int(os.environ.get("LOCAL_WORLD_SIZE", 1)))
+        threads = set_threads(d.num_threads, processes=local_processes())
         precision = resolve_precision(d.precision, dev)
         d = dataclasses.replace(d, precision=precision)
         if dtype_of(precision) is not None:

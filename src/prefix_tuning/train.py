@@ -27,7 +27,7 @@ from .checkpoint import RESTART, CorruptFileError, load_checkpoint, remove_stale
 from .config import RunConfig, save_config
 from .corpora import train_dev_examples
 from .data import IGNORE_INDEX, E2EDataset, collate
-from .dist import Processes, check_split, micro_batches, shard, start
+from .dist import Processes, check_split, local_processes, micro_batches, shard, start
 from .hardware import describe_cpu, dtype_of, resolve_precision, set_threads
 from .methods import Method, build_method, stored_numel
 from .models import load_model, load_tokenizer, resolve_device
@@ -153,8 +153,7 @@ def train(cfg: RunConfig, *, resume: bool = True, max_steps_this_call: int | Non
     check_split(cfg.train.batch_size, procs.world, cfg.train.grad_accum)
     main = procs.is_main
     # processes of one machine share its cores
-    local_world = int(os.environ.get("LOCAL_WORLD_SIZE", 1))
-    threads = set_threads(cfg.train.num_threads, processes=local_world)
+    threads = set_threads(cfg.train.num_threads, processes=local_processes())
     precision = resolve_precision(cfg.train.precision, device)
     # config.yaml records what was used: `auto` resolved for this machine
     cfg = dataclasses.replace(cfg, train=dataclasses.replace(cfg.train, precision=precision))
