@@ -90,6 +90,11 @@ class RunDir:
         return self.path / "checkpoints" / "last.safetensors"
 
     @property
+    def pickle_checkpoint(self) -> Path:
+        """Where versions before safetensors checkpoints kept theirs (refused, never unpickled)."""
+        return self.path / "checkpoints" / "last.pt"
+
+    @property
     def prefix(self) -> Path:
         return self.path / "prefix.safetensors"
 

@@ -266,7 +266,7 @@ def parse_completion(body: dict, state) -> Completion:
         if tables is None:
             raise ApiError(400, 'best_of > 1 (beam search) takes string prompts without "raw"', "best_of")
     ban = _bool(body, "ban_newlines", True)
-    eos = state.tokenizer.eos_token_id
+    eos = state.engine.eos_id  # data.eos_id_of, looked up once when the server loaded
     banned = tuple(sorted(set(newline_token_ids(state.tokenizer)) - {eos})) if ban else ()
     return Completion(
         model,

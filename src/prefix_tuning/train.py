@@ -200,15 +200,15 @@ def train(cfg: RunConfig, *, resume: bool = True, max_steps_this_call: int | Non
         remove_stale_temps(run.path, ckpt_path.parent)  # left by writes that a kill cut short
     procs.wait()  # every process sees the same files from here on
     if resume and ckpt_path.is_file():
-        ck = load_checkpoint(ckpt_path)
-        method.load_trainable_state(ck["trainable"])
-        opt.load_state_dict(ck["optimizer"])
-        sched.load_state_dict(ck["scheduler"])
-        step, best, train_seconds = ck["step"], ck["best_dev_loss"], ck["train_seconds"]
-        _set_rng_state(ck["rng"])
-        if main and run.log.is_file() and run.log.stat().st_size > ck["log_bytes"]:
-            os.truncate(run.log, ck["log_bytes"])  # lines after the checkpoint: the resumed run writes them again
-    elif resume and (old := run.path / "checkpoints" / "last.pt").is_file():
+        saved = load_checkpoint(ckpt_path)
+        method.load_trainable_state(saved["trainable"])
+        opt.load_state_dict(saved["optimizer"])
+        sched.load_state_dict(saved["scheduler"])
+        step, best, train_seconds = saved["step"], saved["best_dev_loss"], saved["train_seconds"]
+        _set_rng_state(saved["rng"])
+        if main and run.log.is_file() and run.log.stat().st_size > saved["log_bytes"]:
+            os.truncate(run.log, saved["log_bytes"])  # lines after the checkpoint: the resumed run writes them again
+    elif resume and (old := run.pickle_checkpoint).is_file():
         raise CorruptFileError(
             f"{old} is an older prefix-tuning's pickle checkpoint, not loaded (unpickling can run "
             f"arbitrary code); {RESTART}"
