@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from prefix_tuning import experiments
+from prefix_tuning import experiments, report
 from prefix_tuning.cli import main
 
 METRICS = ["BLEU", "NIST", "METEOR", "ROUGE_L", "CIDEr"]
@@ -124,10 +124,13 @@ def test_plan_recipes():
     assert r["prefix-n100-s0"].method.init == "words" and r["prefix-n100-s0"].train.lr == 5e-5
     a = experiments.plan("ablation", model="m", grid=experiments.Grid(train_size=100))
     assert [x.cfg.method.prefix_length for x in a.runs] == [1, 5, 10, 20, 40]
-    t = experiments.plan("table1", model="m")
-    assert [x.name for x in t.runs] == ["prefix", "finetune", "finetune-top2", "adapter-3%", "adapter-0.1%", "lora"]
+    t = experiments.plan("table1", model="m", grid=experiments.Grid(train_size=200))
+    rows = ["prefix", "finetune", "finetune-top2", "adapter-3%", "adapter-0.1%", "lora"]
+    assert [x.name for x in t.runs] == [f"{r}-s{s}" for s in (0, 1) for r in rows]
+    assert [(x.cfg.data.subset_seed, x.cfg.train.seed) for x in t.runs[5:7]] == [(0, 101), (1, 102)]
     assert t.test_limit is None
     assert t.runs[0].cfg.train.lr == 8e-5 and t.runs[2].cfg.method.top_k_layers == 2
+    assert (t.runs[1].cfg.train.epochs, t.runs[2].cfg.train.epochs) == (5, 25)  # FT-top2: 5x FT's budget
     assert [x.cfg.method.adapter_fraction for x in t.runs[3:5]] == [0.03, 0.001]
     lora = t.runs[5].cfg
     assert (
@@ -137,8 +140,10 @@ def test_plan_recipes():
         lora.train.weight_decay,
         lora.train.batch_size,
         lora.train.warmup_steps,
-    ) == (4, 32.0, 2e-4, 0.01, 8, 500)
-    i = experiments.plan("intrinsic", model="m")
+    ) == (4, 32.0, 2e-4, 0.01, 8, 2)  # 500 of 26,290 steps -> 2 of 125 (200 rows, batch 8, 5 epochs)
+    full = experiments.plan("table1", model="m", grid=experiments.Grid(seeds=(0,)))
+    assert full.runs[5].cfg.train.warmup_steps == 500  # the LoRA paper's own setting on the full data
+    i = experiments.plan("intrinsic", model="m", grid=experiments.Grid(seeds=(0,)))
     assert [(x.cfg.method.prefix_length, x.cfg.method.embedding_only) for x in i.runs] == [
         (P, e) for P in (1, 10, 20) for e in (False, True, False)
     ]
@@ -154,6 +159,8 @@ def test_plan_recipes():
         "divide",
     }
     assert {x.cfg.data.train_size for x in n.runs} == {50, 100} and n.runs[1].cfg.method.prefix_length is None
+    n20 = experiments.plan("init", model="m", grid=experiments.Grid(seeds=(0,), sizes=(20,)))
+    assert {x.cfg.data.train_size for x in n20.runs} == {20}  # --sizes reaches init
     d = experiments.plan("demo")
     assert d.test_limit == 100 and d.runs[0].cfg.model.name == "smollm2-135m" and len(d.runs) == 2
 
@@ -195,12 +202,12 @@ def test_webnlg_plan():
     [
         pytest.param(
             "table1",
-            ["prefix", "finetune", "finetune-top2", "adapter-3%", "adapter-0.1%", "lora"],
+            ["prefix-s0", "finetune-s0", "finetune-top2-s0", "adapter-3%-s0", "adapter-0.1%-s0", "lora-s0"],
             "table1_metrics.png",
             marks=pytest.mark.slow,
         ),  # ~80 s: six runs
-        ("table1", ["adapter-0.1%", "lora"], "table1_metrics.png"),  # the default suite: the rows new to table1
-        ("intrinsic", ["prefix-P2", "embedding-only-P2", "infix-P2"], "intrinsic.png"),
+        ("table1", ["adapter-0.1%-s0", "lora-s0"], "table1_metrics.png"),  # the default suite: the rows new to table1
+        ("intrinsic", ["prefix-P2-s0", "embedding-only-P2-s0", "infix-P2-s0"], "intrinsic.png"),
         ("init", ["init-random-n16-s0", "init-table-to-text-n16-s0", "init-elephant-n16-s0"], "init.png"),
     ],
 )
@@ -216,7 +223,7 @@ def test_quick_new_experiments(name, runs, plot, tmp_path):
     assert all(set(r["metrics"]) == {"BLEU", "ROUGE_L"} and r["stored_params"] > 0 for r in results)
     table = (tmp_path / "out" / "table.md").read_text()
     assert (tmp_path / "out" / plot).stat().st_size > 0
-    by = {r["name"]: r for r in results}
+    by = {r["method"]: r for r in results}
     if name == "table1":
         assert "| adapter-0.1% | " in table and "| 66.3 |" in table and "| 70.4 |" in table  # paper beside ours
         assert by["lora"]["stored_params"] < by["adapter-0.1%"]["stored_params"] * 10
@@ -225,4 +232,39 @@ def test_quick_new_experiments(name, runs, plot, tmp_path):
             assert by["finetune-top2"]["stored_params"] < by["finetune"]["stored_params"] / 2
     if name == "intrinsic":
         assert "| embedding-only | 2 |" in table and "| infix | 2 |" in table
-        assert by["embedding-only-P2"]["stored_params"] < by["prefix-P2"]["stored_params"]
+        assert by["embedding-only"]["stored_params"] < by["prefix"]["stored_params"]
+
+
+def _result(name: str, method: str, seed: int, bleu: float, curve: list[list[float]]) -> dict:
+    return {
+        "name": name,
+        "method": method,
+        "seed": seed,
+        "metrics": {"BLEU": bleu},
+        "stored_params": 10,
+        "checkpoint_bytes": 1000,
+        "train_seconds": 10.0,
+        "steps": int(curve[-1][0]),
+        "dev_curve": curve,
+    }
+
+
+def test_table1_report_seeds_and_convergence():
+    """Seeds of one method are one row (mean ± sd); a run whose best dev loss is its last evaluation is flagged
+    as still falling, one that bottomed out earlier is not (negative control)."""
+    data = {
+        "runs": [
+            _result("prefix-s0", "prefix", 0, 0.60, [[10, 5.0], [20, 4.0], [30, 4.5]]),
+            _result("prefix-s1", "prefix", 1, 0.70, [[10, 5.0], [20, 4.2], [30, 4.4]]),
+            _result("finetune-top2-s0", "finetune-top2", 0, 0.20, [[10, 9.0], [20, 8.0], [30, 7.0]]),
+        ]
+    }
+    lines = report.table1_rows(data)
+    row = next(line for line in lines if line.startswith("| prefix |"))
+    assert row.startswith("| prefix | 2 | 65.0 ± 7.1 | 69.7 |")
+    assert next(line for line in lines if line.startswith("| finetune-top2 |")).startswith(
+        "| finetune-top2 | 1 | 20.0 |"
+    )
+    conv = {line.split(":")[0]: line for line in lines if line.startswith("- ")}
+    assert conv["- prefix-s0"].startswith("- prefix-s0: 20 / 30") and "still falling" not in conv["- prefix-s0"]
+    assert conv["- finetune-top2-s0"].endswith("(still falling at the end)")

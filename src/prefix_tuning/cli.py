@@ -17,7 +17,7 @@ from pathlib import Path
 
 import yaml
 
-from . import __version__, experiments
+from . import __version__, experiments, paper
 from . import serve as serve_module
 from .checkpoint import CorruptFileError, DiskFullError
 from .config import ConfigError, DecodeConfig, load_config, to_dict
@@ -217,7 +217,10 @@ def cmd_reproduce(args: argparse.Namespace) -> int:
         print(experiments.report(out))
         return 0
     grid = experiments.Grid(
-        quick=args.quick, seeds=tuple(args.seeds), sizes=tuple(args.sizes), train_size=args.train_size
+        quick=args.quick,
+        seeds=tuple(args.seeds),
+        sizes=tuple(args.sizes) if args.sizes else None,
+        train_size=args.train_size,
     )
     p = experiments.plan(
         args.experiment,
@@ -267,8 +270,12 @@ def add_reproduce_parser(sub) -> None:
     p.add_argument(
         "--sizes",
         type=_ints,
-        default=list(grid.sizes),
-        help=f"low-data train sizes (default {','.join(map(str, grid.sizes))})",
+        default=None,
+        help="lowdata/init train sizes (default: lowdata "
+        + ",".join(map(str, paper.LOWDATA_SIZES))
+        + "; init "
+        + ",".join(map(str, paper.INIT_SIZES))
+        + ")",
     )
     p.add_argument(
         "--train-size", type=int, default=None, help="table1/ablation: train on a low-data subset of this size"

@@ -152,50 +152,81 @@ def _paper_row(method: str) -> tuple[float, ...] | None:
     return next((rows[method] for rows in E2E_RESULTS.values() if method in rows), None)
 
 
+def _by(runs: list[dict], *keys: str) -> dict[tuple, list[dict]]:
+    """Runs grouped by the values of `keys` (the seeds of one setting together), in first-seen order."""
+    groups: dict[tuple, list[dict]] = defaultdict(list)
+    for r in runs:
+        groups[tuple(r[k] for k in keys)].append(r)
+    return groups
+
+
+def _cell(metric: str, rs: list[dict]) -> str:
+    """Mean (± sd where several seeds) of a metric over runs, in the table's units."""
+    xs = [r["metrics"][metric] for r in rs if metric in r["metrics"]]
+    if not xs:
+        return "-"
+    mu, sd = _mean_sd(xs)
+    return _fmt(metric, mu) + (f" ± {_fmt(metric, sd)}" if len(xs) > 1 else "")
+
+
 def table1_rows(data: dict) -> list[str]:
-    """Table 1 side by side: our scores, the paper's (GPT-2 Medium, full E2E), stored values, MB, train s/step."""
+    """Table 1 side by side: our scores (mean ± sd over seeds), the paper's (GPT-2 Medium, full E2E), stored
+    values, MB, train s/step; then where each method's dev loss bottomed out (convergence)."""
     lines = [
         "",
-        "## Table 1: ours vs paper (BLEU/METEOR/ROUGE-L in %)",
+        "## Table 1: ours (mean ± sd over seeds) vs paper (BLEU/METEOR/ROUGE-L in %)",
         "",
-        "| method | " + " | ".join(f"{k} | paper" for k in METRICS) + " | stored values | MB | train s/step |",
-        "|---|" + "---|---|" * len(METRICS) + "---|---|---|",
+        "| method | seeds | " + " | ".join(f"{k} | paper" for k in METRICS) + " | stored values | MB | train s/step |",
+        "|---|---|" + "---|---|" * len(METRICS) + "---|---|---|",
     ]
-    for r in data["runs"]:
-        paper = _paper_row(r["method"])
-        cells = [
-            f"{_fmt(k, r['metrics'][k]) if k in r['metrics'] else '-'} | {paper[i] if paper else '-'}"
-            for i, k in enumerate(METRICS)
-        ]
+    groups = _by(data["runs"], "method")
+    for (method,), rs in groups.items():
+        paper = _paper_row(method)
+        cells = [f"{_cell(k, rs)} | {paper[i] if paper else '-'}" for i, k in enumerate(METRICS)]
+        s_step = statistics.fmean(r["train_seconds"] / max(r["steps"], 1) for r in rs)
         lines.append(
-            f"| {r['method']} | " + " | ".join(cells) + f" | {r['stored_params']:,} | "
-            f"{r['checkpoint_bytes'] / 1e6:.2f} | {r['train_seconds'] / max(r['steps'], 1):.2f} |"
+            f"| {method} | {len(rs)} | " + " | ".join(cells) + f" | {rs[0]['stored_params']:,} | "
+            f"{rs[0]['checkpoint_bytes'] / 1e6:.2f} | {s_step:.2f} |"
+        )
+    return lines + convergence(data)
+
+
+def convergence(data: dict) -> list[str]:
+    """Per run, the step of its best dev loss out of its steps: a best at the last evaluation means the run
+    was still improving (under-trained at this budget)."""
+    runs = [r for r in data["runs"] if r.get("dev_curve")]
+    if not runs:
+        return []
+    lines = ["", "## Convergence: step of the best dev loss / steps (dev loss first → best → last)", ""]
+    for r in runs:
+        curve = r["dev_curve"]
+        best = min(curve, key=lambda c: c[1])
+        flag = " (still falling at the end)" if best is curve[-1] else ""
+        lines.append(
+            f"- {r['name']}: {best[0]} / {r['steps']} ({curve[0][1]:.2f} → {best[1]:.2f} → {curve[-1][1]:.2f}){flag}"
         )
     return lines
 
 
 def intrinsic_rows(data: dict) -> list[str]:
-    """§7.3: BLEU per variant and P, ours beside the paper's."""
+    """§7.3: BLEU per variant and P (mean ± sd over seeds), ours beside the paper's."""
     lines = [
         "",
-        "## §7.3: where the continuous tokens go (BLEU %)",
+        "## §7.3: where the continuous tokens go (BLEU %, mean ± sd over seeds)",
         "",
-        "| variant | P | BLEU | paper BLEU | stored values |",
-        "|---|---|---|---|---|",
+        "| variant | P | seeds | BLEU | paper BLEU | stored values |",
+        "|---|---|---|---|---|---|",
     ]
-    for r in sorted(data["runs"], key=lambda r: (r["method"], r["prefix_length"])):
-        paper = INTRINSIC_BLEU.get(r["method"], {}).get(r["prefix_length"], "-")
-        bleu = _fmt("BLEU", r["metrics"]["BLEU"]) if "BLEU" in r["metrics"] else "-"
-        lines.append(f"| {r['method']} | {r['prefix_length']} | {bleu} | {paper} | {r['stored_params']:,} |")
+    groups = _by(data["runs"], "method", "prefix_length")
+    for (method, P), rs in sorted(groups.items()):
+        paper = INTRINSIC_BLEU.get(method, {}).get(P, "-")
+        lines.append(f"| {method} | {P} | {len(rs)} | {_cell('BLEU', rs)} | {paper} | {rs[0]['stored_params']:,} |")
     return lines + ["", "Paper (ACL Table 5, GPT-2 Medium, full E2E): prefix (P=5) 70.3 BLEU."]
 
 
 def init_rows(data: dict) -> list[str]:
     """§7.2 / Figure 5: mean ± sd BLEU over seeds per initialisation and train size."""
-    groups: dict[tuple, list[float]] = defaultdict(list)
-    for r in data["runs"]:
-        if "BLEU" in r["metrics"]:
-            groups[(r["init"], r["size"])].append(r["metrics"]["BLEU"])
+    groups = _by([r for r in data["runs"] if "BLEU" in r["metrics"]], "init", "size")
     sizes = sorted({size for _, size in groups})
     lines = [
         "",
@@ -205,11 +236,7 @@ def init_rows(data: dict) -> list[str]:
         "|---|" + "---|" * len(sizes),
     ]
     for init in dict.fromkeys(i for i, _ in groups):
-        cells = []
-        for n in sizes:
-            mu, sd = _mean_sd(groups[(init, n)]) if groups.get((init, n)) else (None, 0.0)
-            cells.append("-" if mu is None else f"{100 * mu:.1f} ± {100 * sd:.1f}")
-        lines.append(f"| {init} | " + " | ".join(cells) + " |")
+        lines.append(f"| {init} | " + " | ".join(_cell("BLEU", groups.get((init, n), [])) for n in sizes) + " |")
     return lines
 
 
@@ -330,13 +357,15 @@ def intrinsic_plot(data: dict, out_dir: Path) -> Path:
     plt = _pyplot()
     fig, ax = plt.subplots(figsize=(6, 4))
     for variant in dict.fromkeys(r["method"] for r in data["runs"]):
-        rs = sorted(
-            (r for r in data["runs"] if r["method"] == variant and "BLEU" in r["metrics"]),
-            key=lambda r: r["prefix_length"],
-        )
+        groups = _by([r for r in data["runs"] if r["method"] == variant and "BLEU" in r["metrics"]], "prefix_length")
+        ps = sorted(P for (P,) in groups)
         name, color = METHOD_STYLE.get(variant, (variant, None))
         ax.plot(
-            [r["prefix_length"] for r in rs], [100 * r["metrics"]["BLEU"] for r in rs], "o-", color=color, label=name
+            ps,
+            [100 * statistics.fmean(r["metrics"]["BLEU"] for r in groups[(P,)]) for P in ps],
+            "o-",
+            color=color,
+            label=name,
         )
         if variant in INTRINSIC_BLEU:
             ps = sorted(INTRINSIC_BLEU[variant])
