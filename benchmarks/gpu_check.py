@@ -54,6 +54,15 @@ def build(config, device: str) -> torch.nn.Module:
     return AutoModelForCausalLM.from_config(config).to(device).eval()
 
 
+def synthetic_batch(config, batch: int, length: int, device: str) -> dict[str, torch.Tensor]:
+    """Seeded random token ids, the first half of each row masked out of the loss like an E2E table."""
+    g = torch.Generator().manual_seed(0)
+    ids = torch.randint(0, config.vocab_size, (batch, length), generator=g).to(device)  # (B, T)
+    labels = ids.clone()
+    labels[:, : length // 2] = -100
+    return {"input_ids": ids, "attention_mask": torch.ones_like(ids), "labels": labels}
+
+
 def train_speed(name: str, config, method: str, checkpointing: bool, a: argparse.Namespace) -> str:
     model = build(config, a.device)
     m = build_method(MethodConfig(name=method), model, None, seed=0)
@@ -62,11 +71,7 @@ def train_speed(name: str, config, method: str, checkpointing: bool, a: argparse
     m.train_mode(backbone_dropout=False)
     params = m.trainable()
     opt = torch.optim.AdamW(params, lr=1e-5)
-    g = torch.Generator().manual_seed(0)
-    ids = torch.randint(0, config.vocab_size, (a.batch, a.length), generator=g).to(a.device)  # (B, T)
-    labels = ids.clone()
-    labels[:, : a.length // 2] = -100  # the table part carries no loss
-    batch = {"input_ids": ids, "attention_mask": torch.ones_like(ids), "labels": labels}
+    batch = synthetic_batch(config, a.batch, a.length, a.device)
     dtype = torch.bfloat16 if a.device.startswith("cuda") else None
     sync = torch.cuda.synchronize if a.device.startswith("cuda") else (lambda: None)
     if a.device.startswith("cuda"):

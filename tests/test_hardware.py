@@ -16,6 +16,7 @@ import torch
 import yaml
 
 from prefix_tuning import hardware
+from prefix_tuning.dist import launcher_precision
 from prefix_tuning.hardware import (
     available_cores,
     describe_cpu,
@@ -270,3 +271,28 @@ def test_table_does_not_flag_one_precision():
     table = make_table({"experiment": "ablation", "runs": [_run("r1", "fp32"), _run("r2", "fp32", recorded=False)]})
     assert "Mixed precisions" not in table and "precision fp32," in table
     assert _precision_cells(table) == {"r1": "fp32", "r2": "fp32"}
+
+
+@pytest.mark.parametrize(
+    "flag,configured,expected",
+    [
+        (None, "auto", "auto"),  # not launched by accelerate
+        ("no", "fp32", "fp32"),  # accelerate's default on every launch: the config decides
+        ("no", "auto", "auto"),
+        ("bf16", "auto", "bf16"),  # --mixed_precision fills in auto
+        ("fp16", "fp16", "fp16"),
+    ],
+)
+def test_accelerate_mixed_precision_flag(monkeypatch, flag, configured, expected):
+    if flag is None:
+        monkeypatch.delenv("ACCELERATE_MIXED_PRECISION", raising=False)
+    else:
+        monkeypatch.setenv("ACCELERATE_MIXED_PRECISION", flag)
+    assert launcher_precision(configured) == expected
+
+
+@pytest.mark.parametrize("flag,configured", [("bf16", "fp32"), ("fp16", "bf16"), ("fp8", "auto")])
+def test_accelerate_mixed_precision_flag_conflicts_fail_loudly(monkeypatch, flag, configured):
+    monkeypatch.setenv("ACCELERATE_MIXED_PRECISION", flag)
+    with pytest.raises(ValueError, match=f"--mixed_precision {flag}"):
+        launcher_precision(configured)

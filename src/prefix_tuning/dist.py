@@ -82,6 +82,28 @@ def local_processes() -> int:
     return int(os.environ.get("LOCAL_WORLD_SIZE", "1"))
 
 
+LAUNCHER_PRECISIONS = {"bf16": "bf16", "fp16": "fp16"}  # `accelerate launch --mixed_precision X` -> train.precision
+
+
+def launcher_precision(configured: str) -> str:
+    """The training precision, honouring `accelerate launch --mixed_precision bf16|fp16` (its environment
+    variable ACCELERATE_MIXED_PRECISION): it fills in `auto` and must agree with an explicit train.precision.
+    `no` (accelerate's default, set on every launch) leaves the config's choice alone. Autocast and fp16 loss
+    scaling are then ours (train.py), the same code with or without a launcher."""
+    flag = os.environ.get("ACCELERATE_MIXED_PRECISION", "no")
+    if flag == "no":
+        return configured
+    if flag not in LAUNCHER_PRECISIONS:
+        raise ValueError(f"accelerate launch --mixed_precision {flag}: not supported, use bf16, fp16 or no")
+    wanted = LAUNCHER_PRECISIONS[flag]
+    if configured not in ("auto", wanted):
+        raise ValueError(
+            f"accelerate launch --mixed_precision {flag} contradicts train.precision={configured}: "
+            f"drop one, or make them agree"
+        )
+    return wanted
+
+
 def start(device: torch.device) -> Processes:
     """Join the launch this process belongs to (gloo on CPU, NCCL on CUDA). A lone process creates no
     Accelerator: its state is process-wide, and a later call for another device (train on CUDA, then decode on

@@ -27,7 +27,7 @@ from .checkpoint import RESTART, CorruptFileError, load_checkpoint, remove_stale
 from .config import RunConfig, save_config
 from .corpora import train_dev_examples
 from .data import IGNORE_INDEX, E2EDataset, collate
-from .dist import Processes, check_split, local_processes, micro_batches, shard, start
+from .dist import Processes, check_split, launcher_precision, local_processes, micro_batches, shard, start
 from .hardware import describe_cpu, dtype_of, resolve_precision, set_threads
 from .methods import Method, build_method, stored_numel
 from .models import load_model, load_tokenizer, resolve_device
@@ -154,7 +154,7 @@ def train(cfg: RunConfig, *, resume: bool = True, max_steps_this_call: int | Non
     main = procs.is_main
     # processes of one machine share its cores
     threads = set_threads(cfg.train.num_threads, processes=local_processes())
-    precision = resolve_precision(cfg.train.precision, device)
+    precision = resolve_precision(launcher_precision(cfg.train.precision), device)
     # config.yaml records what was used: `auto` resolved for this machine
     cfg = dataclasses.replace(cfg, train=dataclasses.replace(cfg.train, precision=precision))
     if main:
