@@ -183,6 +183,10 @@ def test_quick_webnlg(tmp_path):
         assert len((out / "outputs" / f"{r['name']}.txt").read_text().splitlines()) == 8
     table = (out / "table.md").read_text()
     assert "| paper (GPT-2 M, full) | prefix | - | 62.9 | 45.6 | 55.1 |" in table and "| ours | prefix | 1 |" in table
+    # the runs table shows the WebNLG scores on all categories, not empty E2E columns
+    assert "| run | BLEU (all) | TER (all) |" in table and "| NIST |" not in table
+    bleu = 100 * data["runs"][0]["metrics"]["A"]["BLEU"]
+    assert f"| prefix-s0 | {bleu:.1f} | " in table
     assert (out / "webnlg.png").stat().st_size > 0
     assert experiments.report(out) == table  # rebuilt from results.json alone
 

@@ -32,11 +32,6 @@ def precision_of(run: dict) -> str:
     return f"{p['train']}/{p['decode']}" if p["train"] != p["decode"] else p["train"]
 
 
-def _header(extra: list[str]) -> list[str]:
-    cols = ["run", *METRICS, *extra]
-    return ["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
-
-
 def make_table(data: dict, sections: Sequence[Callable[[dict], list[str]]] = ()) -> str:
     """table.md: the setup, one row per run, then the experiment's own sections."""
     exp, runs = data["experiment"], data["runs"]
@@ -68,15 +63,27 @@ def make_table(data: dict, sections: Sequence[Callable[[dict], list[str]]] = ())
             ),
             "",
         ]
-    lines += ["## Runs", ""] + _header(
-        ["stored params", "checkpoint MB", "train s/epoch", "steps", "best dev loss", "precision"]
-    )
+    split_scores = any("A" in r["metrics"] for r in runs)  # WebNLG: per-split dicts; the runs table shows "all"
+    keys = [k for k in ("BLEU", "METEOR", "TER") if any(k in r["metrics"].get("A", {}) for r in runs)]
+    cols = [f"{k} (all)" for k in keys] if split_scores else list(METRICS)
+    extra = ["stored params", "checkpoint MB", "train s/epoch", "steps", "best dev loss", "precision"]
+    lines += [
+        "## Runs",
+        "",
+        "| " + " | ".join(["run", *cols, *extra]) + " |",
+        "|" + "---|" * (1 + len(cols) + len(extra)),
+    ]
     for r in runs:
         m = r["metrics"]
         dev = f"{r['best_dev_loss']:.3f}" if r.get("best_dev_loss") is not None else "-"
+        if split_scores:
+            a = m.get("A", {})
+            scores = [(f"{100 * a[k]:.1f}" if k == "BLEU" else f"{a[k]:.2f}") if k in a else "-" for k in keys]
+        else:
+            scores = [_fmt(k, m[k]) if k in m else "-" for k in METRICS]
         lines.append(
             f"| {r['name']} | "
-            + " | ".join(_fmt(k, m[k]) if k in m else "-" for k in METRICS)
+            + " | ".join(scores)
             + f" | {r['stored_params']:,} | {r['checkpoint_bytes'] / 1e6:.2f} | {r['seconds_per_epoch']:.1f}"
             f" | {r['steps']} | {dev} | {precision_of(r)} |"
         )
