@@ -183,8 +183,8 @@ def _init_runs(grid: Grid) -> list[RunSpec]:
     """§7.2 / Figure 5: random vs real-word initialisation of the prefix in the low-data setting (§7.1 recipe)."""
     words = ("table-to-text:", "elephant") if grid.quick else paper.INIT_WORDS
     runs = []
-    for size in (16,) if grid.quick else grid.sizes or paper.INIT_SIZES:
-        for seed in grid.seeds[:1] if grid.quick else grid.seeds:
+    for seed in grid.seeds[:1] if grid.quick else grid.seeds:  # seed outermost: a first seed is complete early
+        for size in (16,) if grid.quick else grid.sizes or paper.INIT_SIZES:
             train = {
                 "max_steps": 6 if grid.quick else paper.LOWDATA_STEPS["prefix"].get(size, 400),
                 "lr": 1e-3 if grid.quick else paper.LOWDATA_LR,
