@@ -149,15 +149,18 @@ def test_plan_recipes():
     ]
     assert [x.cfg.method.position for x in i.runs[:3]] == ["prefix", "prefix", "infix"]
     n = experiments.plan("init", model="m", grid=experiments.Grid(seeds=(0,)))
-    assert len(n.runs) == 2 * 7 and n.runs[0].cfg.method.init == "random"
-    assert {x.cfg.method.init_text for x in n.runs[1:7]} == {
-        "table-to-text:",
-        "summarize",
-        "table",
+    assert len(n.runs) == 2 * 9 and n.runs[0].cfg.method.init == "random"
+    # Figure 5's bars (ACL / arXiv v1), in the figure's order
+    assert [x.cfg.method.init_text for x in n.runs[1:9]] == [
+        "active",
         "elephant",
+        "summarize",
+        "table-to-text:",
         "banana",
+        "beautiful",
         "divide",
-    }
+        "keep",
+    ]
     assert {x.cfg.data.train_size for x in n.runs} == {50, 100} and n.runs[1].cfg.method.prefix_length is None
     n20 = experiments.plan("init", model="m", grid=experiments.Grid(seeds=(0,), sizes=(20,)))
     assert {x.cfg.data.train_size for x in n20.runs} == {20}  # --sizes reaches init

@@ -1,4 +1,4 @@
-"""Table 1's methods and §7.3's embedding-only prefix through `build_method` / `save_artifact` / `load_run`, the
+"""Table 1's methods and §7.2's embedding-only prefix through `build_method` / `save_artifact` / `load_run`, the
 training loop and `generate`: only the method's tensors train and are stored, and they reload to identical logits."""
 
 from __future__ import annotations
@@ -106,7 +106,7 @@ def test_step_touches_only_the_method_and_reloads(method_name, model_name, tmp_p
 
 @pytest.mark.parametrize("model_name", ["tiny-gpt2", "tiny-llama"])
 def test_embedding_activations_equal_prepended_embeddings(model_name):
-    """§7.3: tokens after the keys/values of P input embeddings get the logits of one sequence [E; x]
+    """§7.2: tokens after the keys/values of P input embeddings get the logits of one sequence [E; x]
     (GPT-2 adds absolute positions 0..P-1 to E, Llama rotates them; both are covered)."""
     model = build_tiny(model_name)
     E = torch.randn(4, model.config.hidden_size, generator=torch.Generator().manual_seed(1))
@@ -144,7 +144,7 @@ TABLES = ["name : The Eagle | Type : coffee shop", "name : Zizzi | food : French
 
 @pytest.mark.parametrize("model_name", ["tiny-gpt2", "tiny-llama"])
 def test_infix_is_tokens_between_table_and_separator(model_name):
-    """§7.4: with the activations that words w get in context (after the table x, at positions X..X+2) as the
+    """§7.3: with the activations that words w get in context (after the table x, at positions X..X+2) as the
     infix, the training logits equal those of the token sequence [x; w; sep y] (positions continue after the
     infix; rows of different lengths in one padded batch), and beam-2 decoding equals decoding the prompt
     x + w + [sep] without any prefix."""

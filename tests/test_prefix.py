@@ -111,7 +111,7 @@ def test_prefix_for_other_model_rejected():
 
 @pytest.mark.parametrize("reparam", [True, False])
 def test_word_init_reproduces_activations(reparam):
-    """Paper §7.2: initialise from the frozen model's activations of real words."""
+    """Paper §7.4: initialise from the frozen model's activations of real words."""
     model = build_tiny("tiny-gpt2")
     ids = _ids(1, 6)
     target = activations_of(model, ids)

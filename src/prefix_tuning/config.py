@@ -98,7 +98,7 @@ class MethodConfig:
     prefix_dropout: float = 0.0
     """Dropout on the produced prefix keys/values during training (original code option, default 0)."""
     init: Literal["random", "words"] = "random"
-    """`random`, or `words`: the frozen model's own keys/values of `init_text` (paper §7.2); then P is the
+    """`random`, or `words`: the frozen model's own keys/values of `init_text` (paper §7.4); then P is the
     number of tokens of `init_text` and `prefix_length` must be null or equal to it."""
     init_text: str = "table-to-text:"
     """Text whose activations initialise the prefix when init=words (paper §7.1 low-data setting)."""
@@ -110,11 +110,11 @@ class MethodConfig:
     top_k_layers: int = 2
     """For `finetune-top`: how many of the top transformer blocks are trained (paper's FT-top2)."""
     embedding_only: bool = False
-    """For `prefix`: P trainable input embeddings prepended to the sequence, no per-layer activations (§7.3,
+    """For `prefix`: P trainable input embeddings prepended to the sequence, no per-layer activations (§7.2,
     the prompt-tuning family); stored as (P, d) embeddings."""
     position: Literal["prefix", "infix"] = "prefix"
     """For `prefix`: `prefix` puts the activations before the sequence; `infix` between the table and the
-    separator, `[x; INFIX; y]` (§7.4; see `prefix_tuning.infix`), for training and decoding."""
+    separator, `[x; INFIX; y]` (§7.3; see `prefix_tuning.infix`), for training and decoding."""
     adapter_bottleneck: int | None = None
     """Adapter width b (Lin et al. 2020); null: from adapter_fraction."""
     adapter_fraction: float | None = 0.03

@@ -78,7 +78,7 @@ def decode(
 
     The prompt of a table is `prefix_tuning.data.encode_prompt` (the training sequence up to and including
     the separator EOS), so generation continues exactly where training put the reference.
-    position="infix": `prefix` holds infixes (§7.4), placed between each table and its separator.
+    position="infix": `prefix` holds infixes (§7.3), placed between each table and its separator.
     """
     cfg = cfg or DecodeConfig()
     prefixes = row_prefixes(prefix, prefix_index, len(tables))

@@ -8,8 +8,8 @@ from results.json alone (`report`), so they can be rebuilt without re-running an
 Experiments (Li & Liang 2021), one entry each in `EXPERIMENTS`:
 - table1:   Table 1 / ACL Table 2's six E2E rows: fine-tuning, FT-top2, adapter 3% and 0.1% (Lin et al. 2020),
             LoRA (Hu et al. 2021, its E2E recipe), prefix-tuning; stored values, MB and train s/step beside.
-- intrinsic: §7.3: embedding-only prefix (and infix) vs the full prefix at P in {1, 10, 20}.
-- init:     §7.2 / Figure 5: random vs real-word prefix initialisation at two low-data sizes.
+- intrinsic: §7.2-7.3: embedding-only prefix (and infix) vs the full prefix at P in {1, 10, 20}.
+- init:     §7.4 / Figure 5: random vs real-word prefix initialisation at two low-data sizes.
 - ablation: prefix length {1, 5, 10, 20, 40} (Figure 4's grid; the paper's panels are DART and XSUM, ours is E2E).
 - lowdata:  train sizes {50, 100, 200, 500}, prefix (init "table-to-text:") vs fine-tuning (§7.1, appendix).
 - demo:     the README's main job: lowdata at 100 examples, one seed, on a real pretrained model, sized to
@@ -156,11 +156,11 @@ def _table1_runs(grid: Grid) -> list[RunSpec]:
 
 
 INTRINSIC_VARIANTS = {"prefix": {}, "embedding-only": {"embedding_only": True}, "infix": {"position": "infix"}}
-"""§7.3's variants of where the continuous tokens go, as method settings over the prefix."""
+"""§7.2-7.3's variants of where the continuous tokens go, as method settings over the prefix."""
 
 
 def _intrinsic_runs(grid: Grid) -> list[RunSpec]:
-    """Embedding-only (and infix) vs the full prefix at P in {1, 10, 20} (§7.3), the E2E prefix recipe; per seed."""
+    """Embedding-only (and infix) vs the full prefix at P in {1, 10, 20} (§7.2-7.3), the E2E prefix recipe; per seed."""
     train = {"lr": 1e-3, "max_steps": 6} if grid.quick else {"lr": paper.E2E_LR["prefix"]}
     data = {"train_size": 24 if grid.quick else grid.train_size}
     runs = []
@@ -180,7 +180,7 @@ def _intrinsic_runs(grid: Grid) -> list[RunSpec]:
 
 
 def _init_runs(grid: Grid) -> list[RunSpec]:
-    """§7.2 / Figure 5: random vs real-word initialisation of the prefix in the low-data setting (§7.1 recipe)."""
+    """§7.4 / Figure 5: random vs real-word initialisation of the prefix in the low-data setting (§7.1 recipe)."""
     words = ("table-to-text:", "elephant") if grid.quick else paper.INIT_WORDS
     runs = []
     for seed in grid.seeds[:1] if grid.quick else grid.seeds:  # seed outermost: a first seed is complete early
@@ -266,11 +266,7 @@ def _webnlg_runs(grid: Grid) -> list[RunSpec]:
     for seed in grid.seeds:
         for m in ("prefix", "finetune"):
             method = {"name": m} | ({"prefix_length": paper.WEBNLG_PREFIX_LENGTH} if m == "prefix" else {})
-            train = (
-                {"max_steps": 6, "lr": 1e-3}
-                if grid.quick
-                else {"epochs": paper.WEBNLG_EPOCHS, "lr": paper.WEBNLG_LR[m], "batch_size": paper.WEBNLG_BATCH}
-            )
+            train = {"max_steps": 6, "lr": 1e-3} if grid.quick else dict(paper.WEBNLG_RECIPE[m])
             runs.append(
                 (
                     f"{m}-s{seed}",

@@ -1,4 +1,4 @@
-"""Infix (§7.4): the trainable activations sit inside the sequence, `[x; INFIX; y]`, instead of before it.
+"""Infix (§7.3): the trainable activations sit inside the sequence, `[x; INFIX; y]`, instead of before it.
 
 Layout: x = the start tokens and the table, y = the separator and the reference: the infix goes right before the
 separator token, so that the first token that reads it (the separator) predicts the reference's first token,

@@ -2,10 +2,10 @@
 
 - `prefix`: the backbone is frozen; a `PrefixEncoder` trains; only the collapsed prefix is stored
   (`prefix.safetensors`, paper §4.3; `run.save_artifact` writes what a method keeps).
-- `prefix` with `embedding_only` (§7.3): P trainable input embeddings (`PromptEmbedding`) before the tokens;
+- `prefix` with `embedding_only` (§7.2): P trainable input embeddings (`PromptEmbedding`) before the tokens;
   the frozen model's keys/values of them are the prefix (`embedding_activations`), so training and decoding
   run exactly the prefix path. Stored: the (P, d) embeddings.
-- `prefix` with `position: infix` (§7.4): the same encoder, its activations placed before the separator
+- `prefix` with `position: infix` (§7.3): the same encoder, its activations placed before the separator
   (`infix.py`); stored like a prefix, as `infix.safetensors`.
 - `finetune`: every weight trains; the whole model is stored (`model.safetensors`).
 - `finetune-top`: only the top `top_k_layers` transformer blocks train (embeddings, lower blocks, final
@@ -128,7 +128,7 @@ def _prefix_method(cfg: MethodConfig, model: nn.Module, tokenizer, seed: int) ->
     device = next(model.parameters()).device
     ids = _word_ids(cfg, tokenizer, device) if cfg.init == "words" else None
     length = ids.shape[1] if ids is not None else cfg.prefix_length
-    if cfg.embedding_only:  # §7.3: words init = the words' own input embeddings
+    if cfg.embedding_only:  # §7.2: words init = the words' own input embeddings
         embed = model.get_input_embeddings()
         torch.manual_seed(seed)
         init = embed(ids)[0].detach() if ids is not None else None

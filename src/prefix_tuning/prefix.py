@@ -73,7 +73,7 @@ class PrefixEncoder(nn.Module):
         return out
 
     def init_from_activations(self, target: Tensor, *, steps: int = 500, lr: float = 1e-4) -> float:
-        """Start from real-word activations (paper §7.2).
+        """Start from real-word activations (paper §7.4).
 
         Direct: copy them. Reparameterised: fit the MLP to them with Adam + MSE for `steps` steps, as the
         original code's `lowdata_init_train3` does. Returns the final MSE.
@@ -100,7 +100,7 @@ class PrefixEncoder(nn.Module):
 
 
 class PromptEmbedding(nn.Module):
-    """P trainable input embeddings placed before the tokens (§7.3 "embedding-only"; prompt tuning): no
+    """P trainable input embeddings placed before the tokens (§7.2 "embedding-only"; prompt tuning): no
     per-layer activations. `embedding_activations` turns them into the prefix the frozen model computes."""
 
     def __init__(self, length: int, hidden_size: int, *, init: Tensor | None = None, std: float = 0.02):

@@ -216,10 +216,10 @@ def convergence(data: dict) -> list[str]:
 
 
 def intrinsic_rows(data: dict) -> list[str]:
-    """§7.3: BLEU per variant and P (mean ± sd over seeds), ours beside the paper's."""
+    """§7.2-7.3: BLEU per variant and P (mean ± sd over seeds), ours beside the paper's."""
     lines = [
         "",
-        "## §7.3: where the continuous tokens go (BLEU %, mean ± sd over seeds)",
+        "## §7.2-7.3: where the continuous tokens go (BLEU %, mean ± sd over seeds)",
         "",
         "| variant | P | seeds | BLEU | paper BLEU | stored values |",
         "|---|---|---|---|---|---|",
@@ -232,12 +232,12 @@ def intrinsic_rows(data: dict) -> list[str]:
 
 
 def init_rows(data: dict) -> list[str]:
-    """§7.2 / Figure 5: mean ± sd BLEU over seeds per initialisation and train size."""
+    """§7.4 / Figure 5: mean ± sd BLEU over seeds per initialisation and train size."""
     groups = _by([r for r in data["runs"] if "BLEU" in r["metrics"]], "init", "size")
     sizes = sorted({size for _, size in groups})
     lines = [
         "",
-        "## §7.2: prefix initialisation (BLEU %, mean ± sd over seeds)",
+        "## §7.4: prefix initialisation (BLEU %, mean ± sd over seeds)",
         "",
         "| init | " + " | ".join(f"n={n}" for n in sizes) + " |",
         "|---|" + "---|" * len(sizes),
@@ -360,7 +360,7 @@ def method_bars(data: dict, out_dir: Path) -> Path:
 
 
 def intrinsic_plot(data: dict, out_dir: Path) -> Path:
-    """BLEU vs P per variant (solid: ours; dashed: the paper's, §7.3)."""
+    """BLEU vs P per variant (solid: ours; dashed: the paper's, §7.2-7.3)."""
     plt = _pyplot()
     fig, ax = plt.subplots(figsize=(6, 4))
     for variant in dict.fromkeys(r["method"] for r in data["runs"]):
@@ -383,7 +383,7 @@ def intrinsic_plot(data: dict, out_dir: Path) -> Path:
     ax.set_ylabel("BLEU (%)")
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
-    ax.set_title(f"§7.3 on E2E ({data['runs'][0]['config']['model']['name']})")
+    ax.set_title(f"§7.2-7.3 on E2E ({data['runs'][0]['config']['model']['name']})")
     return _save(fig, out_dir / "intrinsic.png")
 
 

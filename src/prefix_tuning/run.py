@@ -5,8 +5,8 @@
       log.jsonl                 training log (step, loss, lr, tokens/s; dev loss per epoch)
       checkpoints/last.safetensors  resumable training state (written and read by `train`)
       prefix.safetensors        the artifact of a prefix run: only the collapsed prefix (paper §4.3)
-      prompt.safetensors        ... of an embedding-only run (§7.3): the (P, d) input embeddings
-      infix.safetensors         ... of an infix run (§7.4): its activations, in prefix.safetensors' format
+      prompt.safetensors        ... of an embedding-only run (§7.2): the (P, d) input embeddings
+      infix.safetensors         ... of an infix run (§7.3): its activations, in prefix.safetensors' format
       model.safetensors         ... of a fine-tuning run: the whole model
       top.safetensors           ... of FT-top2: its trained blocks (loaded over the base model)
       adapter.safetensors       ... of an adapter run: the adapters only
