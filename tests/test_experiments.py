@@ -228,6 +228,7 @@ def test_quick_new_experiments(name, runs, plot, tmp_path):
     results = experiments.reproduce(p, tmp_path / "out")
     assert [r["name"] for r in results] == runs
     assert all(set(r["metrics"]) == {"BLEU", "ROUGE_L"} and r["stored_params"] > 0 for r in results)
+    assert all(r["step_seconds_median"] > 0 and r["dev_curve"] for r in results)  # from each run's log.jsonl
     table = (tmp_path / "out" / "table.md").read_text()
     assert (tmp_path / "out" / plot).stat().st_size > 0
     by = {r["method"]: r for r in results}

@@ -22,6 +22,7 @@ Experiments (Li & Liang 2021), one entry each in `EXPERIMENTS`:
 from __future__ import annotations
 
 import json
+import statistics
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -399,7 +400,8 @@ def run_one(
         "seconds_per_epoch": res.seconds_per_epoch,
         "steps": res.steps,
         "best_dev_loss": res.best_dev_loss,
-        "dev_curve": _dev_curve(rd),
+        "dev_curve": _log_records(rd, "dev_loss"),
+        "step_seconds_median": statistics.median(x for _, x in _log_records(rd, "seconds")),
         "stored_params": res.stored_params,
         "trainable_params": res.trainable_params,
         "checkpoint_bytes": res.artifact.stat().st_size,
@@ -419,10 +421,11 @@ def run_one(
     return result
 
 
-def _dev_curve(rd: RunDir) -> list[list[float]]:
-    """[step, dev loss] of every evaluation in the run's log: whether and where a run converged."""
+def _log_records(rd: RunDir, key: str) -> list[list[float]]:
+    """[step, value] of every record of the run's log holding `key`: its dev-loss curve (where and whether it
+    converged) or its per-step training seconds."""
     lines = (json.loads(line) for line in rd.log.read_text(encoding="utf-8").splitlines() if line.strip())
-    return [[rec["step"], rec["dev_loss"]] for rec in lines if "dev_loss" in rec]
+    return [[rec["step"], rec[key]] for rec in lines if key in rec]
 
 
 def _resolved_config(cfg: RunConfig, train_precision: str, decode_precision: str) -> dict:

@@ -26,6 +26,12 @@ def _mean_sd(xs: list[float]) -> tuple[float, float]:
     return statistics.fmean(xs), (statistics.stdev(xs) if len(xs) > 1 else 0.0)
 
 
+def step_seconds(run: dict) -> float:
+    """A run's training seconds per step: the median of its logged steps where recorded (robust to a pause or a
+    busy moment of the machine), else the mean."""
+    return run.get("step_seconds_median") or run["train_seconds"] / max(run["steps"], 1)
+
+
 def precision_of(run: dict) -> str:
     """`train/decode` precision of a result (results before `auto` existed hold it only in their config)."""
     p = run.get("precision") or {k: run["config"][k]["precision"] for k in ("train", "decode")}
@@ -127,7 +133,7 @@ def speed_and_storage(data: dict) -> list[str]:
         by[r["method"]].append(r)
     if "prefix" not in by or "finetune" not in by:
         return []
-    per_step = lambda rs: statistics.fmean(r["train_seconds"] / max(r["steps"], 1) for r in rs)
+    per_step = lambda rs: statistics.fmean(step_seconds(r) for r in rs)
     stored = lambda rs: statistics.fmean(r["stored_params"] for r in rs)
     return [
         "",
@@ -183,14 +189,16 @@ def table1_rows(data: dict) -> list[str]:
         "",
         "## Table 1: ours (mean ± sd over seeds) vs paper (BLEU/METEOR/ROUGE-L in %)",
         "",
-        "| method | seeds | " + " | ".join(f"{k} | paper" for k in METRICS) + " | stored values | MB | train s/step |",
+        "| method | seeds | "
+        + " | ".join(f"{k} | paper" for k in METRICS)
+        + " | stored values | MB | s/step (median) |",
         "|---|---|" + "---|---|" * len(METRICS) + "---|---|---|",
     ]
     groups = _by(data["runs"], "method")
     for (method,), rs in groups.items():
         paper = _paper_row(method)
         cells = [f"{_cell(k, rs)} | {paper[i] if paper else '-'}" for i, k in enumerate(METRICS)]
-        s_step = statistics.fmean(r["train_seconds"] / max(r["steps"], 1) for r in rs)
+        s_step = statistics.fmean(step_seconds(r) for r in rs)
         lines.append(
             f"| {method} | {len(rs)} | " + " | ".join(cells) + f" | {rs[0]['stored_params']:,} | "
             f"{rs[0]['checkpoint_bytes'] / 1e6:.2f} | {s_step:.2f} |"
