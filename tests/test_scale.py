@@ -179,10 +179,15 @@ def _losses(run_dir: Path) -> list[tuple[str, float]]:
     return [(k, r[k]) for r in rows for k in ("loss", "dev_loss") if k in r]
 
 
-def _same_run(a: Path, b: Path) -> None:
+def _same_losses(a: Path, b: Path) -> None:
+    """The same logged train and dev losses, step by step, within 1e-5 relative."""
     la, lb = _losses(a), _losses(b)
     assert [k for k, _ in la] == [k for k, _ in lb] and la
     assert all(abs(x - y) <= 1e-5 * max(1.0, abs(x)) for (_, x), (_, y) in zip(la, lb)), (la, lb)
+
+
+def _same_run(a: Path, b: Path) -> None:
+    _same_losses(a, b)
     pa, pb = load_file(str(a / "prefix.safetensors"))["prefix"], load_file(str(b / "prefix.safetensors"))["prefix"]
     assert torch.allclose(pa, pb, atol=1e-5), (pa - pb).abs().max()
 

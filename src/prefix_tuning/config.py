@@ -170,6 +170,12 @@ class TrainConfig:
     gradient_checkpointing: bool = False
     """Recompute each transformer block in the backward pass instead of storing its activations: less memory
     for ~1/3 more compute, same gradients (`recompute.py`; works with the prefix, unlike HF's flag)."""
+    fsdp: bool = False
+    """Under torchrun / accelerate launch, shard the weights, gradients and AdamW moments over the processes
+    (FSDP2 full shard, one group per transformer block; `fsdp.py`): for fine-tuning a model that does not fit
+    one device (fine-tuning holds ~4x the model: weights, gradients, two moments). Same result as unsharded;
+    same checkpoint and `model.safetensors`. Only for `finetune` / `finetune-top` (a prefix, adapter or LoRA is
+    too small to gain); a lone process trains unsharded."""
 
 
 @dataclass
@@ -561,6 +567,13 @@ def validate(cfg: RunConfig) -> None:
         raise ConfigError(
             "method.adapter_bottleneck or method.adapter_fraction: one must be set for an adapter",
             ("method.adapter_bottleneck", "method.adapter_fraction"),
+        )
+    if cfg.train.fsdp and cfg.method.name not in ("finetune", "finetune-top"):
+        raise ConfigError(
+            f"train.fsdp=true shards the backbone's trained weights, but method.name={cfg.method.name} trains only "
+            f"a small module beside a frozen model (nothing worth sharding); use it with finetune / finetune-top, "
+            f"or set train.fsdp=false",
+            ("train.fsdp", "method.name"),
         )
     if cfg.method.name == "finetune-top" and cfg.method.top_k_layers < 1:
         raise ConfigError("method.top_k_layers: must be >= 1", ("method.top_k_layers",))

@@ -18,11 +18,16 @@ from __future__ import annotations
 import os
 from collections.abc import Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import TypeVar
 
 import torch
 from accelerate import Accelerator
-from torch import nn
+from torch import Tensor, nn
+
+from .config import RunConfig
+from .methods import Method
+from .run import RunDir, save_artifact
 
 T = TypeVar("T")
 
@@ -70,6 +75,37 @@ class Processes:
     def wait(self) -> None:
         if self.accelerator:
             self.accelerator.wait_for_everyone()
+
+
+class Replicated:
+    """Training state when every process holds the whole model (the default; `fsdp.FullyShard` is the other
+    layout): gradients summed by `Processes.sum_grads`, files written from the main process's own copy.
+    State getters return the full state on the main process and nothing elsewhere (only it writes)."""
+
+    def __init__(self, method: Method, procs: Processes) -> None:
+        self.method, self.procs = method, procs
+
+    def micro_batches(self, idx: list[int], grad_accum: int) -> list[tuple[list[int], int]]:
+        """(rows, rows counted in the global batch) of this process's micro-batches of one global batch."""
+        return [(rows, len(rows)) for rows in micro_batches(idx, self.procs.world, self.procs.rank, grad_accum)]
+
+    def sync_grads(self, params: list[nn.Parameter]) -> None:
+        self.procs.sum_grads(params)
+
+    def trainable_state(self) -> dict[str, Tensor]:
+        return self.method.trainable_state() if self.procs.is_main else {}
+
+    def load_trainable_state(self, state: dict[str, Tensor]) -> None:
+        self.method.load_trainable_state(state)
+
+    def optimizer_state(self, opt: torch.optim.Optimizer) -> dict:
+        return opt.state_dict() if self.procs.is_main else {}
+
+    def load_optimizer_state(self, opt: torch.optim.Optimizer, state: dict) -> None:
+        opt.load_state_dict(state)
+
+    def save_artifact(self, run: RunDir, cfg: RunConfig) -> Path:
+        return save_artifact(run, self.method, cfg) if self.procs.is_main else run.artifact(cfg)
 
 
 def launched_rank() -> int:

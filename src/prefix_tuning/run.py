@@ -221,11 +221,15 @@ def write_json(path: Path, obj: object, indent: int = 2) -> None:
     write_text(path, json.dumps(obj, indent=indent) + "\n")
 
 
+def artifact_meta(cfg: RunConfig) -> dict[str, str]:
+    """The metadata of a model file (whole model or part of it)."""
+    return {"base_model": cfg.model.name, "method": cfg.method.name}
+
+
 def save_artifact(run: RunDir, method: Method, cfg: RunConfig) -> Path:
     """Store what the method keeps after training (`ARTIFACTS`): the collapsed prefix, the prompt embeddings,
     the method's part of the model, or every weight of the model."""
-    path = run.artifact(cfg)
-    meta = {"base_model": cfg.model.name, "method": cfg.method.name}
+    path, meta = run.artifact(cfg), artifact_meta(cfg)
     if method.embedding_only:
         save_state({"embedding": method.encoder.collapse()}, path, {**meta, "shape": "P,d", "embedding_only": "true"})
     elif method.encoder is not None:

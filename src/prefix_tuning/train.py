@@ -27,12 +27,13 @@ from .checkpoint import RESTART, CorruptFileError, load_checkpoint, remove_stale
 from .config import RunConfig, save_config
 from .corpora import train_dev_examples
 from .data import IGNORE_INDEX, E2EDataset, collate
-from .dist import Processes, check_split, launcher_precision, local_processes, micro_batches, shard, start
+from .dist import Processes, check_split, launcher_precision, local_processes, shard, start
+from .fsdp import layout
 from .hardware import describe_cpu, dtype_of, resolve_precision, set_threads
 from .methods import Method, build_method, stored_numel
 from .models import load_model, load_tokenizer, resolve_device
 from .recompute import enable_checkpointing
-from .run import RunDir, save_artifact
+from .run import RunDir
 
 
 @dataclass
@@ -101,18 +102,23 @@ def batches(n: int, batch_size: int, seed: int, epoch: int, lengths: list[int] |
 @torch.no_grad()
 def dev_loss(method: Method, dev, pad_id: int, cfg: RunConfig, device, dtype, procs: Processes | None = None) -> float:
     """Mean per-sentence loss on dev (same reduction as training, summed over batches exactly). With several
-    processes each takes a consecutive share of dev, so every example counts exactly once."""
+    processes each takes a consecutive share of dev, so every example counts exactly once. Every process runs
+    as many forwards as the largest share needs (under FSDP each forward gathers weights, all processes
+    together), those past the end of its share on a stand-in example that counts 0."""
     method.eval_mode()
     world, rank = (procs.world, procs.rank) if procs else (1, 0)
     mine = shard(range(len(dev)), world, rank)
+    bs = cfg.train.batch_size
+    rounds = math.ceil(-(-len(dev) // world) / bs)  # the largest share's batches
     total, count = 0.0, 0
-    for i in range(0, len(mine), cfg.train.batch_size):
-        chunk = [dev[j] for j in mine[i : i + cfg.train.batch_size]]
+    for i in range(0, rounds * bs, bs):
+        rows = mine[i : i + bs]
+        chunk = [dev[j] for j in rows or [0]]
         batch = {k: v.to(device) for k, v in collate(chunk, pad_id).items()}
         with _autocast(device, dtype):
             loss, _ = batch_loss(method, batch, cfg.train.loss, dtype)
-        total += float(loss) * len(chunk)
-        count += len(chunk)
+        total += float(loss) * len(rows)
+        count += len(rows)
     if procs:
         total, count = procs.sum(total, count)
     return total / max(count, 1)
@@ -180,6 +186,8 @@ def train(cfg: RunConfig, *, resume: bool = True, max_steps_this_call: int | Non
     method = build_method(cfg.method, model, tokenizer, seed=cfg.train.seed)
     if cfg.train.gradient_checkpointing:
         enable_checkpointing(model)
+    # replicated in every process, or sharded over them (train.fsdp): gradients, checkpoints, artifact
+    held = layout(method, procs, cfg.train.fsdp)
     if not train_set:
         raise ValueError("no training examples")
 
@@ -201,8 +209,8 @@ def train(cfg: RunConfig, *, resume: bool = True, max_steps_this_call: int | Non
     procs.wait()  # every process sees the same files from here on
     if resume and ckpt_path.is_file():
         saved = load_checkpoint(ckpt_path)
-        method.load_trainable_state(saved["trainable"])
-        opt.load_state_dict(saved["optimizer"])
+        held.load_trainable_state(saved["trainable"])
+        held.load_optimizer_state(opt, saved["optimizer"])
         sched.load_state_dict(saved["scheduler"])
         step, best, train_seconds = saved["step"], saved["best_dev_loss"], saved["train_seconds"]
         _set_rng_state(saved["rng"])
@@ -217,6 +225,7 @@ def train(cfg: RunConfig, *, resume: bool = True, max_steps_this_call: int | Non
         run.log.unlink()  # a fresh run: the old log would mix two runs
 
     def checkpoint() -> None:
+        trainable, optimizer = held.trainable_state(), held.optimizer_state(opt)  # gathered (FSDP: by all)
         if not main:
             return
         log.flush()  # the log up to this step is on disk, and its length is in the checkpoint
@@ -224,8 +233,8 @@ def train(cfg: RunConfig, *, resume: bool = True, max_steps_this_call: int | Non
         save_checkpoint(
             ckpt_path,
             {
-                "trainable": method.trainable_state(),
-                "optimizer": opt.state_dict(),
+                "trainable": trainable,
+                "optimizer": optimizer,
                 "scheduler": sched.state_dict(),
                 "step": step,
                 "best_dev_loss": best,
@@ -244,8 +253,7 @@ def train(cfg: RunConfig, *, resume: bool = True, max_steps_this_call: int | Non
         log.flush()
         if best is None or loss < best:
             best = loss
-            if main:
-                save_artifact(run, method, cfg)  # the best weights are the run's output
+            held.save_artifact(run, cfg)  # the best weights are the run's output
         method.train_mode(cfg.method.backbone_dropout)
 
     log = open(run.log if main else os.devnull, "a", encoding="utf-8")  # one writer: the main process
@@ -280,18 +288,19 @@ def train(cfg: RunConfig, *, resume: bool = True, max_steps_this_call: int | Non
             n_tok, loss_sum = 0, 0.0
             opt.zero_grad(set_to_none=True)
             # this process's share of the global batch, in grad_accum micro-batches
-            for rows in micro_batches(idx, procs.world, procs.rank, cfg.train.grad_accum):
+            for rows, counted in held.micro_batches(idx, cfg.train.grad_accum):
                 part = [train_set[i] for i in rows]
                 batch = {k: v.to(device) for k, v in collate(part, tokenizer.pad_token_id).items()}
                 with _autocast(device, dtype):
                     loss, n = batch_loss(method, batch, cfg.train.loss, dtype)
                 # weighted by its share of the global batch: summed over micro-batches and processes, the
                 # gradient is that of one big batch
-                loss = loss * len(part) / len(idx)
+                # (counted = 0: a stand-in row that FSDP's collectives need, contributing nothing)
+                loss = loss * counted / len(idx)
                 scaler.scale(loss).backward()
                 loss_sum += float(loss.detach())
-                n_tok += int(batch["attention_mask"].sum())
-            procs.sum_grads(params)  # the global batch's gradient, the same in every process
+                n_tok += int(batch["attention_mask"].sum()) if counted else 0
+            held.sync_grads(params)  # the global batch's gradient in every process (FSDP: its shard of it)
             loss_sum, n_tok = procs.sum(loss_sum, n_tok)
             if cfg.train.max_grad_norm is not None:
                 scaler.unscale_(opt)
@@ -334,8 +343,9 @@ def train(cfg: RunConfig, *, resume: bool = True, max_steps_this_call: int | Non
         log.close()
 
     artifact = run.artifact(cfg)
-    if main and step >= total_steps and (best is None or not artifact.exists()):
-        save_artifact(run, method, cfg)  # no dev set: the last weights are the output
+    procs.wait()  # every process sees whether the main process wrote the artifact
+    if step >= total_steps and (best is None or not artifact.exists()):
+        held.save_artifact(run, cfg)  # no dev set: the last weights are the output
     procs.wait()  # the run's files are written when any process returns
     epochs_done = step / steps_per_epoch
     return TrainResult(
