@@ -37,7 +37,8 @@ from gpu_check import synthetic_batch
 from train_step import rss_mb
 from transformers import AutoModelForCausalLM, LlamaConfig
 
-from prefix_tuning.config import MethodConfig, apply_overrides, from_dict
+from prefix_tuning.config import MethodConfig
+from prefix_tuning.configfile import apply_overrides, from_dict
 from prefix_tuning.data import E2EDataset
 from prefix_tuning.hardware import describe_cpu, dtype_of
 from prefix_tuning.methods import build_method

@@ -39,7 +39,7 @@ sys.path.insert(0, str(REPO / "src"))
 
 from prefix_tuning import cli
 from prefix_tuning.checkpoint import load_checkpoint
-from prefix_tuning.config import load_config
+from prefix_tuning.configfile import load_config
 from prefix_tuning.prefix import load_prefix
 
 # configs/tiny_prefix.yaml cut to 8 steps (checkpoints at 3, 6, 8; dev loss and prefix.safetensors at 4, 8)

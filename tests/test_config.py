@@ -9,18 +9,8 @@ import pytest
 import yaml
 
 from prefix_tuning.cli import main
-from prefix_tuning.config import (
-    ConfigError,
-    DataConfig,
-    DecodeConfig,
-    RunConfig,
-    TrainConfig,
-    _coerce,
-    load_config,
-    save_config,
-    to_dict,
-    valid_keys,
-)
+from prefix_tuning.config import ConfigError, DataConfig, DecodeConfig, RunConfig, TrainConfig, valid_keys
+from prefix_tuning.configfile import _coerce, load_config, save_config, to_dict
 from prefix_tuning.e2e import VARIANTS
 from prefix_tuning.hardware import PRECISIONS
 

@@ -22,7 +22,8 @@ from torch import nn
 
 from prefix_tuning.beam import SearchSettings, left_pad, search
 from prefix_tuning.cli import main
-from prefix_tuning.config import DecodeConfig, MethodConfig, ModelConfig, RunConfig, save_config
+from prefix_tuning.config import DecodeConfig, MethodConfig, ModelConfig, RunConfig
+from prefix_tuning.configfile import save_config
 from prefix_tuning.data import encode_prompt, group_by_mr, load_e2e
 from prefix_tuning.decode import decode, newline_token_ids, search_settings
 from prefix_tuning.generate import generate_run

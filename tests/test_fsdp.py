@@ -18,7 +18,8 @@ from safetensors import safe_open
 from test_scale import LAUNCH, _env, _finish, _port, _same_losses
 
 from prefix_tuning.checkpoint import load_checkpoint
-from prefix_tuning.config import ConfigError, load_config
+from prefix_tuning.config import ConfigError
+from prefix_tuning.configfile import load_config
 from prefix_tuning.generate import generate_run
 from prefix_tuning.train import train
 
@@ -37,7 +38,7 @@ FSDP = [
 # runs train(cfg, max_steps_this_call=N) in every process of a launch; PATCH is run first
 SCRIPT = """import sys
 {patch}
-from prefix_tuning.config import load_config
+from prefix_tuning.configfile import load_config
 from prefix_tuning.train import train
 n = int(sys.argv[1])
 train(load_config(None, sys.argv[2:]), max_steps_this_call=n or None)

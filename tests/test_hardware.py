@@ -187,7 +187,7 @@ def test_available_cores_without_affinity(cgroup, monkeypatch):
 def test_training_records_resolved_precision(tmp_path, monkeypatch, data_dir):
     """precision auto on an AVX2-only CPU: fp32 in config.yaml, log.jsonl's start line and the TrainResult;
     the default thread count comes from available_cores()."""
-    from prefix_tuning.config import load_config
+    from prefix_tuning.configfile import load_config
     from prefix_tuning.train import train
 
     fake_cpu(monkeypatch, "AVX2")

@@ -23,13 +23,8 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from prefix_tuning.config import (
-    ConfigError,
-    RunConfig,
-    load_config,
-    save_config,
-    to_dict,
-)
+from prefix_tuning.config import ConfigError, RunConfig
+from prefix_tuning.configfile import load_config, save_config, to_dict
 from prefix_tuning.e2e import DataError, linearize_mr, load_e2e, parse_mr
 from prefix_tuning.metrics import (
     EvalInputError,

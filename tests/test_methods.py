@@ -8,7 +8,8 @@ import torch
 from safetensors.torch import load_file
 
 from prefix_tuning.beam import SearchSettings, search
-from prefix_tuning.config import DecodeConfig, load_config, save_config
+from prefix_tuning.config import DecodeConfig
+from prefix_tuning.configfile import load_config, save_config
 from prefix_tuning.data import encode_example, encode_prompt
 from prefix_tuning.decode import decode, ids_to_text
 from prefix_tuning.generate import generate_runs

@@ -26,7 +26,8 @@ httpx = pytest.importorskip("httpx")
 openai = pytest.importorskip("openai")
 
 from prefix_tuning.cli import add_serve_parser, cmd_serve
-from prefix_tuning.config import DecodeConfig, MethodConfig, ModelConfig, RunConfig, save_config
+from prefix_tuning.config import DecodeConfig, MethodConfig, ModelConfig, RunConfig
+from prefix_tuning.configfile import save_config
 from prefix_tuning.data import group_by_mr, linearize_mr, load_e2e
 from prefix_tuning.decode import decode
 from prefix_tuning.models import KVShape, build_tiny

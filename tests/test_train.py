@@ -10,7 +10,7 @@ import torch
 from safetensors.torch import load_file
 
 from prefix_tuning import checkpoint
-from prefix_tuning.config import load_config
+from prefix_tuning.configfile import load_config
 from prefix_tuning.models import build_tiny
 from prefix_tuning.train import train
 

@@ -20,7 +20,8 @@ import yaml
 from . import __version__, experiments, paper
 from . import serve as serve_module
 from .checkpoint import CorruptFileError, DiskFullError
-from .config import ConfigError, DecodeConfig, load_config, to_dict
+from .config import ConfigError, DecodeConfig
+from .configfile import load_config, to_dict
 from .dist import launched_rank
 from .e2e import DataError
 from .generate import generate_runs

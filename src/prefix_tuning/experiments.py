@@ -30,7 +30,8 @@ from pathlib import Path
 
 from . import paper, webnlg_report
 from . import report as rep
-from .config import RunConfig, apply_overrides, from_dict, to_dict
+from .config import RunConfig
+from .configfile import apply_overrides, from_dict, to_dict
 from .generate import generate_run
 from .hardware import describe_cpu
 from .metrics import METRICS

@@ -35,7 +35,8 @@ from torch import Tensor, nn
 
 from .adapter import ADAPTER_FILE
 from .checkpoint import CorruptFileError, atomic_path, describe_unreadable
-from .config import MethodConfig, RunConfig, load_config
+from .config import MethodConfig, RunConfig
+from .configfile import load_config
 from .lora import LORA_FILE
 from .methods import Method, build_method
 from .models import KVShape, load_model, load_tokenizer

@@ -24,7 +24,8 @@ from torch import Tensor
 from tqdm.auto import tqdm
 
 from .checkpoint import RESTART, CorruptFileError, load_checkpoint, remove_stale_temps, save_checkpoint
-from .config import RunConfig, save_config
+from .config import RunConfig
+from .configfile import save_config
 from .corpora import train_dev_examples
 from .data import IGNORE_INDEX, E2EDataset, collate
 from .dist import Processes, check_split, launcher_precision, local_processes, shard, start
