@@ -18,6 +18,11 @@ def _fmt(metric: str, v: float) -> str:
     return f"{100 * v:.1f}" if metric in PERCENT else f"{v:.2f}"
 
 
+def fmt_webnlg(metric: str, v: float) -> str:
+    """WebNLG's columns as the paper prints them: BLEU in %, METEOR and TER as fractions."""
+    return f"{100 * v:.1f}" if metric == "BLEU" else f"{v:.2f}"
+
+
 def _budget(train: dict) -> str:
     return f"max steps {train['max_steps']}" if train.get("max_steps") else f"{train['epochs']} epochs"
 
@@ -84,7 +89,7 @@ def make_table(data: dict, sections: Sequence[Callable[[dict], list[str]]] = ())
         dev = f"{r['best_dev_loss']:.3f}" if r.get("best_dev_loss") is not None else "-"
         if split_scores:
             a = m.get("A", {})
-            scores = [(f"{100 * a[k]:.1f}" if k == "BLEU" else f"{a[k]:.2f}") if k in a else "-" for k in keys]
+            scores = [fmt_webnlg(k, a[k]) if k in a else "-" for k in keys]
         else:
             scores = [_fmt(k, m[k]) if k in m else "-" for k in METRICS]
         lines.append(

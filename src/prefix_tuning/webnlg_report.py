@@ -8,14 +8,10 @@ import statistics
 from pathlib import Path
 
 from .paper import WEBNLG_RESULTS
-from .report import METHOD_STYLE, _mean_sd, _pyplot, _save
+from .report import METHOD_STYLE, _mean_sd, _pyplot, _save, fmt_webnlg
 
 SPLITS = ("S", "U", "A")
 METRICS = ("BLEU", "METEOR", "TER")
-
-
-def _fmt(metric: str, v: float) -> str:
-    return f"{100 * v:.1f}" if metric == "BLEU" else f"{v:.2f}"
 
 
 def _values(runs: list[dict], metric: str, split: str) -> list[float]:
@@ -45,7 +41,9 @@ def sua_table(data: dict) -> list[str]:
             for s in SPLITS:
                 xs = _values(rs, m, s)
                 mu, sd = _mean_sd(xs) if xs else (None, 0.0)
-                cells.append("-" if mu is None else _fmt(m, mu) + (f" ± {_fmt(m, sd)}" if len(xs) > 1 else ""))
+                cells.append(
+                    "-" if mu is None else fmt_webnlg(m, mu) + (f" ± {fmt_webnlg(m, sd)}" if len(xs) > 1 else "")
+                )
         lines.append(f"| ours | {method} | {len(rs)} | " + " | ".join(cells) + " |")
     for method, vals in WEBNLG_RESULTS.items():
         cells = [(f"{v:.1f}" if m == "BLEU" else f"{v:.2f}") for m in METRICS for v in vals[m]]
