@@ -44,6 +44,7 @@ from prefix_tuning.hardware import describe_cpu, dtype_of
 from prefix_tuning.methods import build_method
 from prefix_tuning.models import load_tokenizer
 from prefix_tuning.recompute import enable_checkpointing
+from prefix_tuning.run import RunDir, read_log
 from prefix_tuning.train import batch_loss, batches, load_examples
 
 LLAMA_1B = LlamaConfig(  # Llama-3.2-1B's shape
@@ -63,8 +64,7 @@ def train_cli(out_dir: Path, overrides: list[str], nproc: int = 1) -> list[dict]
     launcher = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={nproc}"]
     cmd = [*(launcher if nproc > 1 else [sys.executable]), "-m", "prefix_tuning.cli", "train", "defaults"]
     subprocess.run([*cmd, *overrides, f"out_dir={out_dir}", "--no-resume"], check=True, capture_output=True)
-    lines = (out_dir / "log.jsonl").read_text().splitlines()
-    return [json.loads(line) for line in lines if line.strip()]
+    return read_log(RunDir(out_dir))
 
 
 def procs(a: argparse.Namespace) -> None:

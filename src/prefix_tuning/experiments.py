@@ -35,7 +35,7 @@ from .configfile import apply_overrides, from_dict, to_dict
 from .generate import generate_run
 from .hardware import describe_cpu
 from .metrics import METRICS
-from .run import RunDir, read_result, write_json, write_result
+from .run import RunDir, read_log, read_result, write_json, write_result
 from .train import train
 
 QUICK_TEST_LIMIT = 8  # --quick: unique test MRs scored
@@ -400,6 +400,7 @@ def run_one(
     )
     t2 = time.perf_counter()
     scores = json.loads(files.scores.read_text(encoding="utf-8"))
+    log = read_log(rd)
     result = {
         "name": run.name,
         **run.group,
@@ -410,8 +411,8 @@ def run_one(
         "seconds_per_epoch": res.seconds_per_epoch,
         "steps": res.steps,
         "best_dev_loss": res.best_dev_loss,
-        "dev_curve": _log_records(rd, "dev_loss"),
-        "step_seconds_median": statistics.median(x for _, x in _log_records(rd, "seconds")),
+        "dev_curve": [[rec["step"], rec["dev_loss"]] for rec in log if "dev_loss" in rec],  # where it converged
+        "step_seconds_median": statistics.median(rec["seconds"] for rec in log if "seconds" in rec),
         "stored_params": res.stored_params,
         "trainable_params": res.trainable_params,
         "checkpoint_bytes": res.artifact.stat().st_size,
@@ -429,13 +430,6 @@ def run_one(
         rd.checkpoint.unlink(missing_ok=True)
     write_result(rd, result)
     return result
-
-
-def _log_records(rd: RunDir, key: str) -> list[list[float]]:
-    """[step, value] of every record of the run's log holding `key`: its dev-loss curve (where and whether it
-    converged) or its per-step training seconds."""
-    lines = (json.loads(line) for line in rd.log.read_text(encoding="utf-8").splitlines() if line.strip())
-    return [[rec["step"], rec[key]] for rec in lines if key in rec]
 
 
 def _resolved_config(cfg: RunConfig, train_precision: str, decode_precision: str) -> dict:

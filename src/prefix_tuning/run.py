@@ -205,6 +205,11 @@ def load_run(run_dir: str | Path, *, device: str | torch.device = "cpu") -> Load
     return LoadedRun(cfg, model.to(device).eval(), tokenizer, prefix)
 
 
+def read_log(run: RunDir) -> list[dict]:
+    """The records of the run's log.jsonl, in order (start lines, one per step, dev losses)."""
+    return [json.loads(line) for line in run.log.read_text(encoding="utf-8").splitlines() if line.strip()]
+
+
 def read_result(run: RunDir) -> dict | None:
     """result.json of a finished reproduce run, or None."""
     return json.loads(run.result.read_text(encoding="utf-8")) if run.result.is_file() else None
