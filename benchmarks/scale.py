@@ -105,7 +105,7 @@ def reset_peak_rss() -> None:
     Path("/proc/self/clear_refs").write_text("5")
 
 
-def peak_rss_mb() -> float:
+def peak_rss_since_reset_mb() -> float:
     """Peak RSS since the last reset (VmHWM of /proc/self/status)."""
     line = next(x for x in Path("/proc/self/status").read_text().splitlines() if x.startswith("VmHWM:"))
     return int(line.split()[1]) / 1024
@@ -135,7 +135,11 @@ def checkpointing_worker(a: argparse.Namespace) -> None:
         opt.zero_grad(set_to_none=True)
         times.append(time.perf_counter() - t0)
     n = sum(p.numel() for p in model.parameters())
-    print(json.dumps({"params": n, "before": before, "peak": peak_rss_mb(), "times": times, "precision": a.precision}))
+    print(
+        json.dumps(
+            {"params": n, "before": before, "peak": peak_rss_since_reset_mb(), "times": times, "precision": a.precision}
+        )
+    )
 
 
 def checkpointing(a: argparse.Namespace) -> None:

@@ -118,7 +118,7 @@ def local_processes() -> int:
     return int(os.environ.get("LOCAL_WORLD_SIZE", "1"))
 
 
-LAUNCHER_PRECISIONS = {"bf16": "bf16", "fp16": "fp16"}  # `accelerate launch --mixed_precision X` -> train.precision
+LAUNCHER_PRECISIONS = ("bf16", "fp16")  # `accelerate launch --mixed_precision X`: the same name in train.precision
 
 
 def launcher_precision(configured: str) -> str:
@@ -131,13 +131,12 @@ def launcher_precision(configured: str) -> str:
         return configured
     if flag not in LAUNCHER_PRECISIONS:
         raise ValueError(f"accelerate launch --mixed_precision {flag}: not supported, use bf16, fp16 or no")
-    wanted = LAUNCHER_PRECISIONS[flag]
-    if configured not in ("auto", wanted):
+    if configured not in ("auto", flag):
         raise ValueError(
             f"accelerate launch --mixed_precision {flag} contradicts train.precision={configured}: "
             f"drop one, or make them agree"
         )
-    return wanted
+    return flag
 
 
 def start(device: torch.device) -> Processes:

@@ -136,11 +136,7 @@ def _table1_runs(grid: Grid) -> list[RunSpec]:
     rows = [
         ("prefix", {"name": "prefix", "prefix_length": paper.E2E_PREFIX_LENGTH}, train("prefix")),
         ("finetune", {"name": "finetune"}, train("finetune")),
-        (
-            "finetune-top2",
-            {"name": "finetune-top", "top_k_layers": 2},
-            train("finetune"),
-        ),
+        ("finetune-top2", {"name": "finetune-top", "top_k_layers": 2}, train("finetune")),
         *[
             (row, {"name": "adapter", "adapter_bottleneck": None, "adapter_fraction": fraction}, train("adapter"))
             for row, fraction in paper.ADAPTER_FRACTIONS.items()
