@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from prefix_tuning import experiments, report
+from prefix_tuning import experiments, recipe, report
 from prefix_tuning.cli import main
 
 METRICS = ["BLEU", "NIST", "METEOR", "ROUGE_L", "CIDEr"]
@@ -59,7 +59,7 @@ def test_rerun_skips_finished_runs(quick_demo, monkeypatch):
     def boom(*a, **k):
         raise AssertionError("a finished run was trained again")
 
-    monkeypatch.setattr(experiments, "train", boom)
+    monkeypatch.setattr(recipe, "train", boom)
     args = lambda out: ["reproduce", "demo", "--quick", "--out", str(out), "--runs-dir", str(quick_demo / "runs")]
     assert main(args(quick_demo / "results")) == 0
     # runs finished for one results folder are reused, outputs included, by another (e.g. merging seeds run apart)
@@ -91,7 +91,7 @@ def test_reused_run_keeps_its_outputs_after_generate(quick_demo):
 
 def test_resumed_experiment_equals_uninterrupted(quick_demo, tmp_path, monkeypatch):
     """Kill the experiment in the middle of the second run's training, re-run: same results as uninterrupted."""
-    real = experiments.train
+    real = recipe.train
     calls = {"n": 0}
 
     def dying(cfg, **kw):
@@ -102,11 +102,11 @@ def test_resumed_experiment_equals_uninterrupted(quick_demo, tmp_path, monkeypat
         return real(cfg, **kw)
 
     args = ["reproduce", "demo", "--quick", "--out", str(tmp_path / "results"), "--runs-dir", str(tmp_path / "runs")]
-    monkeypatch.setattr(experiments, "train", dying)
+    monkeypatch.setattr(recipe, "train", dying)
     assert main(args) == 130  # interrupted
     partial = json.loads((tmp_path / "results" / "results.json").read_text())
     assert [r["name"] for r in partial["runs"]] == ["prefix-n16-s0"]  # the finished run was recorded
-    monkeypatch.setattr(experiments, "train", real)
+    monkeypatch.setattr(recipe, "train", real)
     assert main(args) == 0
     resumed = json.loads((tmp_path / "results" / "results.json").read_text())
     uninterrupted = json.loads((quick_demo / "results" / "results.json").read_text())
@@ -192,7 +192,7 @@ def test_quick_webnlg(tmp_path):
     bleu = 100 * data["runs"][0]["metrics"]["A"]["BLEU"]
     assert f"| prefix-s0 | {bleu:.1f} | " in table
     assert (out / "webnlg.png").stat().st_size > 0
-    assert experiments.report(out) == table  # rebuilt from results.json alone
+    assert recipe.report(out) == table  # rebuilt from results.json alone
 
 
 def test_webnlg_plan():
@@ -226,7 +226,7 @@ def test_quick_new_experiments(name, runs, plot, tmp_path):
         name, grid=experiments.Grid(quick=True), runs_dir=tmp_path / "runs", metrics=("BLEU", "ROUGE_L")
     )
     p.runs = [r for r in p.runs if r.name in runs]
-    results = experiments.reproduce(p, tmp_path / "out")
+    results = recipe.reproduce(p, tmp_path / "out")
     assert [r["name"] for r in results] == runs
     assert all(set(r["metrics"]) == {"BLEU", "ROUGE_L"} and r["stored_params"] > 0 for r in results)
     assert all(r["step_seconds_median"] > 0 and r["dev_curve"] for r in results)  # from each run's log.jsonl

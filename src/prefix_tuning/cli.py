@@ -17,7 +17,7 @@ from pathlib import Path
 
 import yaml
 
-from . import __version__, experiments, paper
+from . import __version__, experiments, paper, recipe
 from . import serve as serve_module
 from .checkpoint import CorruptFileError, DiskFullError
 from .config import ConfigError, DecodeConfig
@@ -215,7 +215,7 @@ def cmd_generate(args: argparse.Namespace) -> int:
 def cmd_reproduce(args: argparse.Namespace) -> int:
     out = Path(args.out or f"results/{args.experiment}{'-quick' if args.quick else ''}")
     if args.report_only:
-        print(experiments.report(out))
+        print(recipe.report(out))
         return 0
     grid = experiments.Grid(
         quick=args.quick,
@@ -233,7 +233,7 @@ def cmd_reproduce(args: argparse.Namespace) -> int:
         overrides=args.overrides,
         runs_dir=Path(args.runs_dir),
     )
-    experiments.reproduce(p, out, keep_checkpoints=args.keep_checkpoints)
+    recipe.reproduce(p, out, keep_checkpoints=args.keep_checkpoints)
     print((out / "table.md").read_text(encoding="utf-8"))
     print(f"wrote {out}/results.json, table.md and plots")
     return 0

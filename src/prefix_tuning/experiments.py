@@ -1,9 +1,8 @@
-"""The paper's experiments as lists of run configs, run as train -> generate -> evaluate, with reports.
+"""The paper's experiments as lists of run configs (`plan`), each with its tables and plots.
 
-`reproduce EXPERIMENT` builds the list of runs, skips every run that already finished (its
-`result.json` exists), resumes an interrupted one from its checkpoint, and writes
-`results/<experiment>/{results.json, table.md, *.png, outputs/}`. Tables and plots are regenerated
-from results.json alone (`report`), so they can be rebuilt without re-running anything.
+`reproduce EXPERIMENT` runs a plan (`recipe`): every run as train -> generate -> evaluate, skipping what
+finished and resuming what was interrupted, into `results/<experiment>/{results.json, table.md, *.png,
+outputs/}`. Tables and plots are rebuilt from results.json alone (`report`, `plots`), without re-running.
 
 Experiments (Li & Liang 2021), one entry each in `EXPERIMENTS`:
 - table1:   Table 1 / ACL Table 2's six E2E rows: fine-tuning, FT-top2, adapter 3% and 0.1% (Lin et al. 2020),
@@ -22,21 +21,14 @@ Experiments (Li & Liang 2021), one entry each in `EXPERIMENTS`:
 from __future__ import annotations
 
 import json
-import statistics
-import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from . import paper, webnlg_report
+from . import paper, plots, webnlg_report
 from . import report as rep
 from .config import RunConfig
-from .configfile import apply_overrides, from_dict, to_dict
-from .generate import generate_run
-from .hardware import describe_cpu
-from .metrics import METRICS
-from .run import RunDir, read_log, read_result, write_json, write_result
-from .train import train
+from .configfile import apply_overrides, from_dict
 
 QUICK_TEST_LIMIT = 8  # --quick: unique test MRs scored
 DEMO_STEPS = {"prefix": 80, "finetune": 40}  # 40% of LOWDATA_STEPS at 100 examples: fits 15 min in fp32 on 2 cores
@@ -308,16 +300,18 @@ class Experiment:
 EXPERIMENTS = {
     e.name: e
     for e in [
-        Experiment("table1", _table1_runs, (rep.table1_rows, rep.speed_and_storage, rep.paper_e2e), (rep.method_bars,)),
-        Experiment("intrinsic", _intrinsic_runs, (rep.intrinsic_rows,), (rep.intrinsic_plot,)),
-        Experiment("init", _init_runs, (rep.init_rows,), (rep.init_plot,)),
-        Experiment("ablation", _ablation_runs, (), (rep.ablation_plot,)),
-        Experiment("lowdata", _lowdata_runs, (rep.seed_means, rep.speed_and_storage), (rep.lowdata_plot,)),
+        Experiment(
+            "table1", _table1_runs, (rep.table1_rows, rep.speed_and_storage, rep.paper_e2e), (plots.method_bars,)
+        ),
+        Experiment("intrinsic", _intrinsic_runs, (rep.intrinsic_rows,), (plots.intrinsic_plot,)),
+        Experiment("init", _init_runs, (rep.init_rows,), (plots.init_plot,)),
+        Experiment("ablation", _ablation_runs, (), (plots.ablation_plot,)),
+        Experiment("lowdata", _lowdata_runs, (rep.seed_means, rep.speed_and_storage), (plots.lowdata_plot,)),
         Experiment(
             "demo",
             _demo_runs,
             (rep.seed_means, rep.speed_and_storage),
-            (rep.method_bars,),
+            (plots.method_bars,),
             default_model="smollm2-135m",
             default_test_limit=100,
         ),
@@ -364,105 +358,3 @@ def plan(
     if metrics is None:
         metrics = exp.quick_metrics if grid.quick else None
     return Plan(name, runs, test_limit if test_limit is not None else default_limit, metrics)
-
-
-def run_one(
-    run: Run,
-    test_limit: int | None,
-    out_dir: Path,
-    keep_checkpoints: bool = False,
-    metrics: tuple[str, ...] | None = None,
-) -> dict:
-    """train -> generate -> evaluate for one run, skipping whatever already finished."""
-    rd = RunDir(run.cfg.out_dir)
-    done = read_result(rd)
-    if done is not None:  # finished earlier, maybe for another results folder: reuse it, outputs included
-        outputs = rd.result_decoded.outputs
-        if not outputs.is_file():  # a run finished before results had their own outputs file
-            outputs = rd.decoded("test").outputs
-        _copy_outputs(run.name, outputs, out_dir)
-        return done
-    t0 = time.perf_counter()
-    res = train(run.cfg)
-    t1 = time.perf_counter()
-    files = generate_run(
-        rd.path,
-        "test",
-        rd.result_decoded.outputs,
-        limit=test_limit,
-        device=run.cfg.train.device,
-        progress=True,
-        metrics=metrics,
-    )
-    t2 = time.perf_counter()
-    scores = json.loads(files.scores.read_text(encoding="utf-8"))
-    log = read_log(rd)
-    result = {
-        "name": run.name,
-        **run.group,
-        "method_name": run.cfg.method.name,
-        "metrics": {k: v for k, v in scores.items() if k in METRICS or k in webnlg_report.SPLITS},
-        "metrics_signature": scores.get("signature"),
-        "train_seconds": res.train_seconds,
-        "seconds_per_epoch": res.seconds_per_epoch,
-        "steps": res.steps,
-        "best_dev_loss": res.best_dev_loss,
-        "dev_curve": [[rec["step"], rec["dev_loss"]] for rec in log if "dev_loss" in rec],  # where it converged
-        "step_seconds_median": statistics.median(rec["seconds"] for rec in log if "seconds" in rec),
-        "stored_params": res.stored_params,
-        "trainable_params": res.trainable_params,
-        "checkpoint_bytes": res.artifact.stat().st_size,
-        "decode_seconds": t2 - t1,
-        "wall_seconds": t2 - t0,
-        "test_mrs": test_limit or "all",
-        "precision": {"train": res.precision, "decode": scores["decode"]["precision"]},
-        "threads": res.threads,
-        "device": run.cfg.train.device,
-        "cpu": describe_cpu(),
-        "config": _resolved_config(run.cfg, res.precision, scores["decode"]["precision"]),
-    }
-    _copy_outputs(run.name, files.outputs, out_dir)
-    if not keep_checkpoints:
-        rd.checkpoint.unlink(missing_ok=True)
-    write_result(rd, result)
-    return result
-
-
-def _resolved_config(cfg: RunConfig, train_precision: str, decode_precision: str) -> dict:
-    """The run's config as used: `auto` precisions replaced by what this machine ran."""
-    d = to_dict(cfg)
-    d["train"]["precision"], d["decode"]["precision"] = train_precision, decode_precision
-    return d
-
-
-def _copy_outputs(name: str, outputs: Path, out_dir: Path) -> None:
-    """results/<experiment>/outputs/<name>.txt: the decoded test outputs kept with the results."""
-    (out_dir / "outputs").mkdir(parents=True, exist_ok=True)
-    (out_dir / "outputs" / f"{name}.txt").write_text(outputs.read_text(encoding="utf-8"), encoding="utf-8")
-
-
-def reproduce(p: Plan, out_dir: Path, *, keep_checkpoints: bool = False) -> list[dict]:
-    out_dir.mkdir(parents=True, exist_ok=True)
-    results = []
-    for i, run in enumerate(p.runs, 1):
-        print(f"[{p.experiment}] run {i}/{len(p.runs)}: {run.name}", flush=True)
-        results.append(run_one(run, p.test_limit, out_dir, keep_checkpoints, p.metrics))
-        write_results(p.experiment, results, out_dir)  # partial results survive a crash
-    report(out_dir)
-    return results
-
-
-def write_results(name: str, results: list[dict], out_dir: Path) -> None:
-    write_json(out_dir / "results.json", {"experiment": name, "runs": results}, indent=1)
-
-
-def report(out_dir: Path) -> str:
-    """(Re)build table.md and the plots from results.json alone."""
-    data = json.loads((out_dir / "results.json").read_text(encoding="utf-8"))
-    exp = experiment(data["experiment"])
-    table = rep.make_table(data, exp.sections)
-    (out_dir / "table.md").write_text(table, encoding="utf-8")
-    if data["runs"]:
-        for plot in exp.plots:
-            plot(data, out_dir)
-    return table

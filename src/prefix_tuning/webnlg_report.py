@@ -8,7 +8,8 @@ import statistics
 from pathlib import Path
 
 from .paper import WEBNLG_RESULTS
-from .report import METHOD_STYLE, _mean_sd, _pyplot, _save, fmt_webnlg
+from .plots import METHOD_STYLE, pyplot, save
+from .report import fmt_webnlg, mean_sd
 
 SPLITS = ("S", "U", "A")
 METRICS = ("BLEU", "METEOR", "TER")
@@ -40,7 +41,7 @@ def sua_table(data: dict) -> list[str]:
         for m in METRICS:
             for s in SPLITS:
                 xs = _values(rs, m, s)
-                mu, sd = _mean_sd(xs) if xs else (None, 0.0)
+                mu, sd = mean_sd(xs) if xs else (None, 0.0)
                 cells.append(
                     "-" if mu is None else fmt_webnlg(m, mu) + (f" ± {fmt_webnlg(m, sd)}" if len(xs) > 1 else "")
                 )
@@ -53,7 +54,7 @@ def sua_table(data: dict) -> list[str]:
 
 def sua_plot(data: dict, out_dir: Path) -> Path:
     """BLEU, METEOR and TER per split, one bar per method (mean over seeds, sd as error bar), paper as dots."""
-    plt = _pyplot()
+    plt = pyplot()
     runs = data["runs"]
     methods = list(dict.fromkeys(r["method"] for r in runs))
     fig, axes = plt.subplots(1, 3, figsize=(13, 4))
@@ -80,4 +81,4 @@ def sua_plot(data: dict, out_dir: Path) -> Path:
         f"WebNLG 2017 test: prefix-tuning vs fine-tuning ({cfg['model']['name']}, "
         f"{cfg['data']['train_size'] or 'all'} training rows; paper: GPT-2 Medium, full data)"
     )
-    return _save(fig, out_dir / "webnlg.png")
+    return save(fig, out_dir / "webnlg.png")
