@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from prefix_tuning import data, e2e
+from prefix_tuning import data, datadir, e2e
 from prefix_tuning.data import (
     DataError,
     E2EDataset,
@@ -402,9 +402,9 @@ def test_resolve_precedence(tmp_path, monkeypatch):
     assert resolve_data_dir() == xdg / "prefix-tuning" / "data"
     monkeypatch.delenv("XDG_CACHE_HOME")
     monkeypatch.setenv("HOME", str(tmp_path / "home"))
-    assert e2e._cache_dir() == tmp_path / "home" / ".cache" / "prefix-tuning" / "data"
+    assert datadir.data_cache_dir() == tmp_path / "home" / ".cache" / "prefix-tuning" / "data"
     monkeypatch.setenv("PREFIX_TUNING_CACHE", str(tmp_path / "cache"))  # one cache root, models' and data's
-    assert e2e._cache_dir() == tmp_path / "cache" / "data"
+    assert datadir.data_cache_dir() == tmp_path / "cache" / "data"
 
 
 def test_offline_error_names_all_options(tmp_path, monkeypatch):
@@ -439,7 +439,7 @@ def test_download_checks_sha256(tmp_path, monkeypatch):
         resolve_data_dir(tmp_path / "d")
     assert not any(p.is_file() for p in (tmp_path / "d").rglob("*"))  # nothing half-written is left
     # a matching checksum is accepted and written to <dir>/e2e/e2e-dataset.zip
-    monkeypatch.setattr(e2e, "E2E_SHA256", hashlib.sha256(payload).hexdigest())
+    monkeypatch.setattr(datadir, "E2E_SHA256", hashlib.sha256(payload).hexdigest())
     assert resolve_data_dir(tmp_path / "d") == tmp_path / "d"
     assert (tmp_path / "d" / "e2e" / "e2e-dataset.zip").read_bytes() == payload
     assert [p.name for p in (tmp_path / "d" / "e2e").iterdir()] == ["e2e-dataset.zip"]

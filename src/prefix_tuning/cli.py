@@ -22,8 +22,8 @@ from . import serve as serve_module
 from .checkpoint import CorruptFileError, DiskFullError
 from .config import ConfigError, DecodeConfig
 from .configfile import load_config, to_dict
+from .datadir import DataError
 from .dist import launched_rank
-from .e2e import DataError
 from .generate import generate_runs
 from .hardware import PRECISIONS
 from .metrics import METRICS, EvalInputError

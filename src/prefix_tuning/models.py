@@ -27,7 +27,7 @@ from transformers import (
     LlamaConfig,
 )
 
-from .e2e import cache_root
+from .datadir import cache_root
 
 
 class ModelLoadError(RuntimeError):

@@ -23,7 +23,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
-from .e2e import DataError, Example
+from .datadir import DataError
+from .e2e import Example
 
 Format = Literal["jsonl", "csv", "tsv"]
 

@@ -37,7 +37,8 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from .e2e import ENV_VAR, DataError, Example, MRGroup, cache_root
+from .datadir import ENV_VAR, DataError, cache_root
+from .e2e import Example, MRGroup
 from .metrics import JavaNotFoundError, score_webnlg, webnlg_signature
 from .metrics.io import EvalInputError
 from .metrics.webnlg import METRICS as WEBNLG_METRICS
@@ -105,7 +106,7 @@ def linearize_triples(triples: Iterable[Triple | tuple[str, str, str]]) -> str:
 
 
 def data_dir(path: str | os.PathLike | None = None) -> Path:
-    """`path`, else $PREFIX_TUNING_DATA, else the user cache dir (as `prefix_tuning.e2e.resolve_data_dir`)."""
+    """`path`, else $PREFIX_TUNING_DATA, else the user cache dir (as `prefix_tuning.datadir.resolve_data_dir`)."""
     if path is not None:
         return Path(path).expanduser()
     if os.environ.get(ENV_VAR):
