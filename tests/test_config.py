@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import argparse
+import dataclasses
 from pathlib import Path
 from typing import get_args, get_type_hints
 
@@ -9,6 +11,7 @@ import pytest
 import yaml
 
 from prefix_tuning.cli import main
+from prefix_tuning.cli_options import add_config_options, field_docs
 from prefix_tuning.config import ConfigError, DataConfig, DecodeConfig, RunConfig, TrainConfig, valid_keys
 from prefix_tuning.configfile import _coerce, load_config, save_config, to_dict
 from prefix_tuning.e2e import VARIANTS
@@ -275,3 +278,23 @@ def test_file_errors_name_the_line(tmp_path):
     path.write_text("train: &t\n  epochs: 2\ndecode: *t\n")  # an alias: decode.epochs is on line 2
     with pytest.raises(ConfigError, match=rf"^{path}:2: unknown config key 'decode.epochs'"):
         load_config(path)
+
+
+def test_config_options_follow_the_dataclass():
+    """`generate`'s decoding options are made from DecodeConfig: one per field, help = the field's docstring and
+    default, bools as --x/--no-x, `bool | Literal` as choices; nothing typed -> None (the run's config wins)."""
+    p = argparse.ArgumentParser()
+    add_config_options(p, DecodeConfig, {"num_threads": ["--threads"]})
+    docs = field_docs(DecodeConfig)
+    assert set(docs) == {f.name for f in dataclasses.fields(DecodeConfig)}  # every field documented
+    helps = {a.dest: a.help for a in p._actions if a.dest != "help"}
+    assert set(helps) == set(docs)
+    assert all(h.startswith(docs[k][:30].replace("%", "%%")) and "(new config: " in h for k, h in helps.items())
+    assert vars(p.parse_args([])) == dict.fromkeys(docs)
+    args = p.parse_args(["--beam-size", "3", "--no-ban-newlines", "--early-stopping", "never", "--threads", "2"])
+    assert (args.beam_size, args.ban_newlines, args.early_stopping, args.num_threads) == (3, False, "never", 2)
+    assert p.parse_args(["--early-stopping", "TRUE"]).early_stopping is True
+    with pytest.raises(SystemExit):  # not one of the Literal's choices
+        p.parse_args(["--early-stopping", "sometimes"])
+    with pytest.raises(SystemExit):  # wrong type
+        p.parse_args(["--beam-size", "three"])
