@@ -38,7 +38,8 @@ from prefix_tuning.hardware import describe_cpu
 from prefix_tuning.models import KVShape, load_model
 from prefix_tuning.prefix import save_prefix
 from prefix_tuning.run import RunDir
-from prefix_tuning.serve import create_app, load_state
+from prefix_tuning.serve import create_app
+from prefix_tuning.serve_state import load_state
 
 
 def make_prefixes(root: Path, model_name: str, m: int) -> list[str]:

@@ -32,7 +32,8 @@ from prefix_tuning.data import group_by_mr, linearize_mr, load_e2e
 from prefix_tuning.decode import decode
 from prefix_tuning.models import KVShape, build_tiny
 from prefix_tuning.prefix import save_prefix
-from prefix_tuning.serve import create_app, load_state
+from prefix_tuning.serve import create_app
+from prefix_tuning.serve_state import load_state
 
 REPO = Path(__file__).resolve().parents[1]
 LENGTHS = {"p2": 2, "p5": 5, "p9": 9}

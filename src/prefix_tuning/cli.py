@@ -25,6 +25,7 @@ from .metrics import METRICS, EvalInputError
 from .metrics.cli import add_evaluate_parser
 from .models import ModelLoadError
 from .serve_api import ApiError
+from .serve_state import load_state
 from .train import train
 
 TRAIN_HELP = """\
@@ -317,7 +318,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
         print(f"error: serve needs FastAPI and uvicorn: pip install 'prefix-tuning[serve]' ({e})", file=sys.stderr)
         return 2
     try:
-        state = serve_module.load_state(
+        state = load_state(
             args.model,
             args.prefixes,
             device=args.device,
