@@ -132,6 +132,7 @@ def test_plan_recipes():
     assert t.runs[0].cfg.train.lr == 8e-5 and t.runs[2].cfg.method.top_k_layers == 2
     assert {x.cfg.train.epochs for x in t.runs} == {experiments.SUBSET_EPOCHS}  # a subset: every row trains longer
     assert [x.cfg.method.adapter_fraction for x in t.runs[3:5]] == [0.03, 0.001]
+    assert [x.cfg.train.lr for x in t.runs[3:5]] == [5e-5, 5e-3]  # the 0.1% adapter's lr chosen on dev at this scale
     lora = t.runs[5].cfg
     assert (
         lora.method.lora_rank,
@@ -144,6 +145,7 @@ def test_plan_recipes():
     full = experiments.plan("table1", model="m", grid=experiments.Grid(seeds=(0,)))
     assert full.runs[5].cfg.train.warmup_steps == 500  # the LoRA paper's own setting on the full data
     assert {x.cfg.train.epochs for x in full.runs} == {5}  # and the paper's 5 epochs
+    assert full.runs[4].cfg.train.lr == 5e-5  # full data: the recipe's lr for every adapter
     i = experiments.plan("intrinsic", model="m", grid=experiments.Grid(seeds=(0,)))
     assert [(x.cfg.method.prefix_length, x.cfg.method.embedding_only) for x in i.runs] == [
         (P, e) for P in (1, 10, 20) for e in (False, True, False)
