@@ -257,6 +257,7 @@ def _result(name: str, method: str, seed: int, bleu: float, curve: list[list[flo
         "train_seconds": 10.0,
         "steps": int(curve[-1][0]),
         "dev_curve": curve,
+        "config": {"train": {"lr": 5e-3 if "adapter" in method else 8e-5}},
     }
 
 
@@ -279,3 +280,4 @@ def test_table1_report_seeds_and_convergence():
     conv = {line.split(":")[0]: line for line in lines if line.startswith("- ")}
     assert conv["- prefix-s0"].startswith("- prefix-s0: 20 / 30") and "still falling" not in conv["- prefix-s0"]
     assert conv["- finetune-top2-s0"].endswith("(still falling at the end)")
+    assert conv["- prefix-s0"].endswith(", lr 8e-05")  # each run's own lr: rows may differ (SUBSET_LR)

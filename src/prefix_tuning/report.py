@@ -216,13 +216,14 @@ def convergence(data: dict) -> list[str]:
     runs = [r for r in data["runs"] if r.get("dev_curve")]
     if not runs:
         return []
-    lines = ["", "## Convergence: step of the best dev loss / steps (dev loss first → best → last)", ""]
+    lines = ["", "## Convergence: step of the best dev loss / steps (dev loss first → best → last), lr", ""]
     for r in runs:
         curve = r["dev_curve"]
         best = min(curve, key=lambda c: c[1])
         flag = " (still falling at the end)" if best is curve[-1] else ""
         lines.append(
-            f"- {r['name']}: {best[0]} / {r['steps']} ({curve[0][1]:.2f} → {best[1]:.2f} → {curve[-1][1]:.2f}){flag}"
+            f"- {r['name']}: {best[0]} / {r['steps']} ({curve[0][1]:.2f} → {best[1]:.2f} → {curve[-1][1]:.2f}), "
+            f"lr {r['config']['train']['lr']:g}{flag}"
         )
     return lines
 
