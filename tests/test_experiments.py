@@ -194,6 +194,8 @@ def test_quick_webnlg(tmp_path):
     bleu = 100 * data["runs"][0]["metrics"]["A"]["BLEU"]
     assert f"| prefix-s0 | {bleu:.1f} | " in table
     assert (out / "webnlg.png").stat().st_size > 0
+    assert "## Convergence" in table and "- finetune-s0: " in table  # where each run's dev loss bottomed out
+    assert "BLEU in %, METEOR and TER as fractions" in table and "ROUGE-L in %" not in table
     assert recipe.report(out) == table  # rebuilt from results.json alone
 
 

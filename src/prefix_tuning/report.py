@@ -48,10 +48,12 @@ def make_table(data: dict, sections: Sequence[Callable[[dict], list[str]]] = ())
     lines = [f"# {exp}", ""]
     if runs:
         cfg = runs[0]["config"]
+        dataset = cfg["data"].get("dataset", "e2e")
+        units = "BLEU in %, METEOR and TER as fractions" if dataset == "webnlg" else "BLEU, METEOR, ROUGE-L in %"
         lines += [
             (
                 f"Model `{cfg['model']['name']}`; test MRs scored: {runs[0]['test_mrs']} (unique sources of the "
-                f"{cfg['data'].get('dataset', 'e2e')} test set in order of first appearance); BLEU, METEOR, ROUGE-L in %. Metrics signature: "
+                f"{dataset} test set in order of first appearance); {units}. Metrics signature: "
                 f"`{runs[0].get('metrics_signature')}`."
             ),
             "",
