@@ -37,7 +37,7 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from .datadir import ENV_VAR, DataError, cache_root
+from .datadir import ENV_VAR, DataError, pick_dir
 from .e2e import Example, MRGroup
 from .metrics import JavaNotFoundError, score_webnlg, webnlg_signature
 from .metrics.io import EvalInputError
@@ -105,18 +105,10 @@ def linearize_triples(triples: Iterable[Triple | tuple[str, str, str]]) -> str:
 # ---------------------------------------------------------------------------------------------- reading
 
 
-def data_dir(path: str | os.PathLike | None = None) -> Path:
-    """`path`, else $PREFIX_TUNING_DATA, else the user cache dir (as `prefix_tuning.datadir.resolve_data_dir`)."""
-    if path is not None:
-        return Path(path).expanduser()
-    if os.environ.get(ENV_VAR):
-        return Path(os.environ[ENV_VAR]).expanduser()
-    return cache_root() / "data"
-
-
 def archive_path(path: str | os.PathLike | None = None) -> Path:
-    """The release tarball under the data dir (`webnlg2017/` sub-folder or the dir itself)."""
-    d = data_dir(path)
+    """The release tarball under the data dir (`path`, else $PREFIX_TUNING_DATA, else the user cache: `pick_dir`),
+    in its `webnlg2017/` sub-folder or the dir itself."""
+    d = pick_dir(path)
     for candidate in (d / "webnlg2017" / ARCHIVE, d / ARCHIVE):
         if candidate.is_file():
             return candidate
@@ -339,7 +331,6 @@ __all__ = [
     "Lexicalisation",
     "Triple",
     "archive_path",
-    "data_dir",
     "decode_groups",
     "linearize_triples",
     "load_webnlg",
