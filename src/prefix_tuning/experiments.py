@@ -120,16 +120,19 @@ def _lora_warmup(train_size: int | None, batch: int, epochs: int) -> int:
     return max(1, round(lora["warmup_steps"] * ours / full))
 
 
-def _budget(grid: Grid) -> dict:
-    """Training epochs of table1/intrinsic runs: the recipe's 5 on the full data, `SUBSET_EPOCHS` on a subset."""
-    return {"epochs": SUBSET_EPOCHS if grid.train_size else 5}
+def _budget(grid: Grid, row: str = "") -> dict:
+    """What a table1/intrinsic row trains with beyond its recipe: the recipe's 5 epochs on the full data; on a
+    subset `SUBSET_EPOCHS`, and the row's `SUBSET_LR` where it has one."""
+    if not grid.train_size:
+        return {"epochs": 5}
+    return {"epochs": SUBSET_EPOCHS} | ({"lr": SUBSET_LR[row]} if row in SUBSET_LR else {})
 
 
 def _table1_runs(grid: Grid) -> list[RunSpec]:
     """Table 1's six rows: FT, FT-top2, Adapter 3% and 0.1%, LoRA (the LoRA paper's E2E recipe), prefix; per seed."""
     data = {"train_size": 24 if grid.quick else grid.train_size}
-    train = lambda method, **extra: (
-        {"lr": 1e-3, "max_steps": 6} if grid.quick else {"lr": paper.E2E_LR[method], **_budget(grid), **extra}
+    train = lambda method, row="", **extra: (
+        {"lr": 1e-3, "max_steps": 6} if grid.quick else {"lr": paper.E2E_LR[method], **_budget(grid, row), **extra}
     )
     lora = paper.LORA_RECIPE
     rows = [
@@ -137,11 +140,7 @@ def _table1_runs(grid: Grid) -> list[RunSpec]:
         ("finetune", {"name": "finetune"}, train("finetune")),
         ("finetune-top2", {"name": "finetune-top", "top_k_layers": 2}, train("finetune")),
         *[
-            (
-                row,
-                {"name": "adapter", "adapter_bottleneck": None, "adapter_fraction": fraction},
-                train("adapter", **({"lr": SUBSET_LR[row]} if grid.train_size and row in SUBSET_LR else {})),
-            )
+            (row, {"name": "adapter", "adapter_bottleneck": None, "adapter_fraction": fraction}, train("adapter", row))
             for row, fraction in paper.ADAPTER_FRACTIONS.items()
         ],
         (
