@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from prefix_tuning import experiments, recipe, report
+from prefix_tuning import experiments, recipe, report, webnlg_report
 from prefix_tuning.cli import main
 
 METRICS = ["BLEU", "NIST", "METEOR", "ROUGE_L", "CIDEr"]
@@ -196,7 +196,24 @@ def test_quick_webnlg(tmp_path):
     assert (out / "webnlg.png").stat().st_size > 0
     assert "## Convergence" in table and "- finetune-s0: " in table  # where each run's dev loss bottomed out
     assert "BLEU in %, METEOR and TER as fractions" in table and "ROUGE-L in %" not in table
+    assert "## Extrapolation" in table and "| paper (GPT-2 M, full) | finetune | - | - | 36.5 | 0.43 |" in table
     assert recipe.report(out) == table  # rebuilt from results.json alone
+
+
+def test_webnlg_extrapolation_drop():
+    """S - U BLEU per seed, mean ± sd and U / S, worked by hand: prefix 60→48 and 50→35 (drops 12, 15: mean 13.5,
+    sd 2.1; ratios 0.80, 0.70: 0.75 ± 0.07); fine-tuning 64→32 (drop 32, ratio 0.50); a run without S scores is
+    left out."""
+
+    def run(method, s, u):
+        return {"method": method, "metrics": {"S": {"BLEU": s}, "U": {"BLEU": u}}}
+
+    runs = [run("prefix", 0.60, 0.48), run("prefix", 0.50, 0.35), run("finetune", 0.64, 0.32)]
+    lines = webnlg_report.extrapolation({"runs": [*runs, {"method": "lora", "metrics": {}}]})
+    assert "| ours | prefix | 2 | 12.0, 15.0 | 13.5 ± 2.1 | 0.75 ± 0.07 |" in lines
+    assert "| ours | finetune | 1 | 32.0 | 32.0 | 0.50 |" in lines
+    assert "| paper (GPT-2 M, full) | prefix | - | - | 17.3 | 0.72 |" in lines
+    assert not any("lora" in x for x in lines)
 
 
 def test_webnlg_plan():

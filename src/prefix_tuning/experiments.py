@@ -328,7 +328,7 @@ EXPERIMENTS = {
         Experiment(
             "webnlg",
             _webnlg_runs,
-            (webnlg_report.sua_table, rep.speed_and_storage, rep.convergence),
+            (webnlg_report.sua_table, webnlg_report.extrapolation, rep.speed_and_storage, rep.convergence),
             (webnlg_report.sua_plot,),
             default_model="smollm2-135m",
             quick_metrics=("BLEU", "TER"),

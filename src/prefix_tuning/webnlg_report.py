@@ -52,6 +52,39 @@ def sua_table(data: dict) -> list[str]:
     return lines
 
 
+def _pm(xs: list[float], digits: int) -> str:
+    """Mean, with ± sd when there is more than one value; `-` for none."""
+    if not xs:
+        return "-"
+    mu, sd = mean_sd(xs)
+    return f"{mu:.{digits}f}" + (f" ± {sd:.{digits}f}" if len(xs) > 1 else "")
+
+
+def extrapolation(data: dict) -> list[str]:
+    """The paper's extrapolation signature (§6.3, Table 1): how much BLEU each method loses from seen to unseen
+    categories, per seed and as mean ± sd, beside the paper's drop. Unseen BLEU as a share of seen BLEU makes
+    methods at different absolute levels comparable."""
+    lines = [
+        "",
+        "## Extrapolation: BLEU drop from seen (S) to unseen (U) categories",
+        "",
+        "| source | method | seeds | S - U per seed | S - U | U / S |",
+        "|---|---|---|---|---|---|",
+    ]
+    for method in dict.fromkeys(r["method"] for r in data["runs"]):
+        rs = [r for r in data["runs"] if r["method"] == method and "BLEU" in r["metrics"].get("S", {})]
+        drops = [100 * (r["metrics"]["S"]["BLEU"] - r["metrics"]["U"]["BLEU"]) for r in rs]
+        ratios = [r["metrics"]["U"]["BLEU"] / r["metrics"]["S"]["BLEU"] for r in rs if r["metrics"]["S"]["BLEU"]]
+        if not drops:
+            continue
+        per_seed = ", ".join(f"{d:.1f}" for d in drops)
+        lines.append(f"| ours | {method} | {len(rs)} | {per_seed} | {_pm(drops, 1)} | {_pm(ratios, 2)} |")
+    for method, vals in WEBNLG_RESULTS.items():
+        s, u, _ = vals["BLEU"]
+        lines.append(f"| paper (GPT-2 M, full) | {method} | - | - | {s - u:.1f} | {u / s:.2f} |")
+    return lines
+
+
 def sua_plot(data: dict, out_dir: Path) -> Path:
     """BLEU, METEOR and TER per split, one bar per method (mean over seeds, sd as error bar), paper as dots."""
     plt = pyplot()
