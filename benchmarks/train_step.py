@@ -1,12 +1,13 @@
-"""Training-step speed and memory: our prefix-tuning vs PEFT prefix-tuning vs full fine-tuning.
+"""Training-step speed and memory of every method: ours, PEFT prefix-tuning, fine-tuning, the Table 1 rows.
 
 What it measures (GitHub issue 2, item 9): the time of one optimiser step -- forward, backward, gradient
 clipping (max norm 1.0, as `train.train` does) and AdamW step -- for
   - ours:     `build_method(MethodConfig(name='prefix', prefix_length=5))` + `train.batch_loss`;
   - peft:     PEFT `PrefixTuningConfig(num_virtual_tokens=5, prefix_projection=True, encoder_hidden_size=512)`;
   - finetune: `build_method(MethodConfig(name='finetune'))` + `train.batch_loss`;
-  - adapter, lora: `build_method(MethodConfig(name='adapter'))` (3% of the model) and `name='lora'` (r 4, alpha 32),
-    trained in `Method.train_mode` (model.train(): dropout on, LoRA's included);
+  - the other Table 1 rows and §7.2-7.3 variants, each `build_method(MethodConfig(...))` with the fields in
+    `OUR_METHODS`: finetune-top2, adapter-3% / adapter-0.1% (fractions of the model), lora (r 4, alpha 32),
+    embedding-only (P=5 input embeddings), infix (P=5 before the separator), trained in `Method.train_mode`;
 on a GPT-2-small-shaped model (`GPT2Config()` defaults: 12 layers, 768 wide, random seeded weights, the
 same weights for every method) and a batch of 10 x 72 random token ids whose first half is masked with -100
 in the labels (like the table part of an E2E example), in fp32 and the device's native low precision (autocast):
@@ -49,10 +50,21 @@ import subprocess
 import sys
 import time
 import warnings
+from types import SimpleNamespace
 
-METHODS = ("ours", "peft", "finetune", "adapter", "lora")
-LR = {"ours": 8e-5, "peft": 8e-5, "finetune": 5e-5, "adapter": 5e-5, "lora": 2e-4}  # recipes (irrelevant to speed)
-OUR_METHODS = {"ours": "prefix", "finetune": "finetune", "adapter": "adapter", "lora": "lora"}  # -> MethodConfig.name
+# benchmark name -> MethodConfig fields (prefix length 5 for the prefix family); "peft" is PEFT's prefix-tuning
+OUR_METHODS: dict[str, dict] = {
+    "ours": {"name": "prefix"},
+    "finetune": {"name": "finetune"},
+    "finetune-top2": {"name": "finetune-top", "top_k_layers": 2},
+    "adapter-3%": {"name": "adapter", "adapter_fraction": 0.03},
+    "adapter-0.1%": {"name": "adapter", "adapter_fraction": 0.001},
+    "lora": {"name": "lora"},  # r 4, alpha 32, dropout 0.1 on q and v
+    "embedding-only": {"name": "prefix", "embedding_only": True},  # §7.2
+    "infix": {"name": "prefix", "position": "infix"},  # §7.3: before the separator (eos at mid-sequence here)
+}
+METHODS = ("ours", "peft", *list(OUR_METHODS)[1:])
+LR = {"peft": 8e-5} | {m: 8e-5 if c["name"] == "prefix" else 5e-5 for m, c in OUR_METHODS.items()} | {"lora": 2e-4}
 PRECISIONS = ("fp32", "bf16", "fp16")
 
 
@@ -99,8 +111,8 @@ def setup(method: str, model, seed: int):
         pm.train()
         pm.get_base_model().eval()  # backbone dropout off, as for ours
         return PeftAsMethod(pm), [p for p in pm.parameters() if p.requires_grad]
-    # adapter: 3% of the model (Table 1's larger row); LoRA: rank 4, alpha 32, dropout 0.1 on q and v
-    m = build_method(MethodConfig(name=OUR_METHODS[method], prefix_length=5), model, tokenizer=None, seed=seed)
+    tok = SimpleNamespace(eos_token_id=model.config.eos_token_id)  # infix: the separator it goes before
+    m = build_method(MethodConfig(prefix_length=5, **OUR_METHODS[method]), model, tokenizer=tok, seed=seed)
     m.train_mode(backbone_dropout=False)
     return m, m.trainable()
 
@@ -118,9 +130,11 @@ def worker(a: argparse.Namespace) -> dict:
     torch.manual_seed(a.seed)
     model = GPT2LMHeadModel(GPT2Config()).to(dev)
     g = torch.Generator().manual_seed(a.seed + 1)
-    ids = torch.randint(0, model.config.vocab_size, (a.batch, a.length), generator=g)
+    eos = model.config.eos_token_id  # the last id of GPT-2's vocabulary: never drawn below
+    ids = torch.randint(0, eos, (a.batch, a.length), generator=g)
+    ids[:, a.length // 2 - 1] = eos  # the separator ends the "table" half, as in an E2E example
     labels = ids.clone()
-    labels[:, : a.length // 2] = -100  # the "table" half carries no loss
+    labels[:, : a.length // 2] = -100  # the table and the separator carry no loss
     batch = {"input_ids": ids.to(dev), "attention_mask": torch.ones_like(ids).to(dev), "labels": labels.to(dev)}
     meth, params = setup(a.worker_method, model, a.seed)
     opt = torch.optim.AdamW(params, lr=LR[a.worker_method], weight_decay=0.0)
