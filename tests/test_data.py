@@ -475,3 +475,15 @@ def test_mr_coverage_script():
     assert cov(mrs, ["The Eagle serves Thai food.", "Alimentum, city centre, near Yippee Noodle Bar."])[1] == 1.0
     with pytest.raises(ValueError, match="1 outputs for 2 MRs"):
         cov(mrs, ["x"])
+
+
+def test_output_stats_script():
+    """scripts/output_stats.py (README, WebNLG): a 4-gram seen twice counts, any case; three words cannot repeat a
+    4-gram; mean words over outputs; no outputs is an error."""
+    m = _script("output_stats")
+    assert m.repeats_ngram("The cat sat on the CAT SAT ON the mat")  # "the cat sat on" twice
+    assert not m.repeats_ngram("the cat sat on the mat") and not m.repeats_ngram("a a a")
+    assert m.repeats_ngram("a a a a a")  # "a a a a" at 0 and 1
+    assert m.stats(["a b c", "x y z x y z x y z w"]) == (6.5, 0.5)
+    with pytest.raises(ValueError, match="no outputs"):
+        m.stats([])
