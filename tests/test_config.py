@@ -144,6 +144,7 @@ def test_unknown_key_lists_valid_ones(tmp_path):
     [
         ("train.lr=fast", "expected a number"),
         ("train.batch_size=0", ">= 1"),
+        ("train.patience=0", "train.patience: must be >= 1 or null"),
         ("method.name=bitfit", "not one of"),
         ("method.lora_dropout=1.0", "lora_dropout"),
         ("method.lora_rank=0", "lora_rank"),

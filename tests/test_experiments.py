@@ -146,11 +146,15 @@ def test_plan_recipes():
     assert full.runs[5].cfg.train.warmup_steps == 500  # the LoRA paper's own setting on the full data
     assert {x.cfg.train.epochs for x in full.runs} == {5}  # and the paper's 5 epochs
     assert full.runs[4].cfg.train.lr == 5e-5  # full data: the recipe's lr for every adapter
+    assert {x.cfg.train.patience for x in t.runs + full.runs} == {None}  # Table 1: every seed the whole budget
     i = experiments.plan("intrinsic", model="m", grid=experiments.Grid(seeds=(0,)))
     assert [(x.cfg.method.prefix_length, x.cfg.method.embedding_only) for x in i.runs] == [
         (P, e) for P in (1, 10, 20) for e in (False, True, False)
     ]
     assert [x.cfg.method.position for x in i.runs[:3]] == ["prefix", "prefix", "infix"]
+    assert {x.cfg.train.patience for x in i.runs} == {None}  # the full data: the recipe's 5 epochs
+    i200 = experiments.plan("intrinsic", model="m", grid=experiments.Grid(seeds=(0,), train_size=200))
+    assert {(x.cfg.train.epochs, x.cfg.train.patience) for x in i200.runs} == {(20, experiments.PATIENCE)}
     n = experiments.plan("init", model="m", grid=experiments.Grid(seeds=(0,)))
     assert len(n.runs) == 2 * 9 and n.runs[0].cfg.method.init == "random"
     # Figure 5's bars (ACL / arXiv v1), in the figure's order
@@ -165,6 +169,7 @@ def test_plan_recipes():
         "keep",
     ]
     assert {x.cfg.data.train_size for x in n.runs} == {50, 100} and n.runs[1].cfg.method.prefix_length is None
+    assert {(x.cfg.train.max_steps, x.cfg.train.patience) for x in n.runs} == {(200, experiments.PATIENCE)}
     n20 = experiments.plan("init", model="m", grid=experiments.Grid(seeds=(0,), sizes=(20,)))
     assert {x.cfg.data.train_size for x in n20.runs} == {20}  # --sizes reaches init
     d = experiments.plan("demo")
@@ -300,3 +305,10 @@ def test_table1_report_seeds_and_convergence():
     assert conv["- prefix-s0"].startswith("- prefix-s0: 20 / 30") and "still falling" not in conv["- prefix-s0"]
     assert conv["- finetune-top2-s0"].endswith("(still falling at the end)")
     assert conv["- prefix-s0"].endswith(", lr 8e-05")  # each run's own lr: rows may differ (SUBSET_LR)
+    # train.patience: a run that ended `patience` evaluations after its best says so; one with evaluations to spare
+    # (or without patience, above) does not
+    stopped = _result("infix-P1-s0", "infix", 0, 0.5, [[10, 5.0], [20, 4.0], [30, 4.5], [40, 4.4]])
+    stopped["config"]["train"]["patience"] = 2
+    assert report.convergence({"runs": [stopped]})[-1].endswith("(stopped early: 2 evaluations without a new best)")
+    stopped["config"]["train"]["patience"] = 3
+    assert report.convergence({"runs": [stopped]})[-1].endswith(", lr 8e-05")

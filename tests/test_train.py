@@ -155,6 +155,37 @@ def test_best_dev_checkpoint_kept(tmp_path, monkeypatch):
     assert torch.equal(_prefix(res.run_dir), snapshots[1])
 
 
+@pytest.mark.parametrize("patience", [2, None])
+def test_patience_stops_early_and_stays_stopped(tmp_path, monkeypatch, patience):
+    """train.patience=2: the scripted dev losses 3, 1, 2, 2.5, 0.5, ... (one eval per step) stop training after
+    the 4th step (two evals without a new best), keep the 2nd eval's weights, and a re-run resumes into the
+    stopped state without training more. Negative control, patience None: all 6 steps, and the later 0.5 wins."""
+    import prefix_tuning.train as tr
+
+    scripted, snapshots, real_dev_loss = [3.0, 1.0, 2.0, 2.5, 0.5, 0.7], [], tr.dev_loss
+
+    def recording_dev_loss(method, dev, pad_id, cfg, device, dtype, procs=None):
+        real_dev_loss(method, dev, pad_id, cfg, device, dtype, procs)
+        snapshots.append(method.encoder.collapse().detach().clone())
+        return scripted[len(snapshots) - 1]
+
+    monkeypatch.setattr(tr, "dev_loss", recording_dev_loss)
+    extra = ["train.max_steps=6", "train.eval_every_epoch=false", "train.eval_steps=1", "train.save_every=100"]
+    cfg = _cfg(tmp_path, *extra, f"train.patience={'null' if patience is None else patience}")
+    res = train(cfg)
+    rows = [json.loads(x) for x in (res.run_dir / "log.jsonl").read_text().splitlines()]
+    if patience is None:
+        assert res.steps == 6 and res.best_dev_loss == 0.5 and torch.equal(_prefix(res.run_dir), snapshots[4])
+        assert not any(r.get("event") == "early_stop" for r in rows)
+        return
+    assert res.steps == 4 and res.best_dev_loss == 1.0 and len(snapshots) == 4
+    assert torch.equal(_prefix(res.run_dir), snapshots[1])
+    assert [r for r in rows if r.get("event") == "early_stop"] == [{"event": "early_stop", "step": 4, "patience": 2}]
+    again = train(cfg)  # resumes from the checkpoint written at the stop: nothing more to train or evaluate
+    assert again.steps == 4 and again.best_dev_loss == 1.0 and len(snapshots) == 4
+    assert torch.equal(_prefix(again.run_dir), snapshots[1])
+
+
 def test_kill_while_saving_leaves_old_checkpoint(tmp_path, monkeypatch):
     path = tmp_path / "last.safetensors"
     checkpoint.save_checkpoint(path, {"step": 1})

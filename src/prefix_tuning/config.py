@@ -150,6 +150,9 @@ class TrainConfig:
     """Compute the dev loss after each epoch and keep the best weights as the run's output."""
     eval_steps: int | None = None
     """Also compute the dev loss every this many steps (useful with max_steps in the low-data setting)."""
+    patience: int | None = None
+    """Early stopping (§7.1 keeps the best-dev weights): stop once this many dev evaluations in a row found no
+    new best dev loss; the output is still the best one. None trains the whole budget (epochs / max_steps)."""
     save_every: int = 200
     """Write a resumable checkpoint every this many steps and at the end. Full fine-tuning checkpoints
     hold the model and two AdamW moments (3x the model size), so not every epoch."""
@@ -250,6 +253,7 @@ def validate(cfg: RunConfig) -> None:
         "data.train_size",
         "data.dev_size",
         "train.eval_steps",
+        "train.patience",
         "method.prefix_length",
         "data.max_length",
         "train.num_threads",

@@ -222,7 +222,11 @@ def convergence(data: dict) -> list[str]:
     for r in runs:
         curve = r["dev_curve"]
         best = min(curve, key=lambda c: c[1])
-        flag = " (still falling at the end)" if best is curve[-1] else ""
+        patience, flag = r["config"]["train"].get("patience"), ""
+        if best is curve[-1]:
+            flag = " (still falling at the end)"
+        elif patience and len(curve) - 1 - curve.index(best) >= patience:  # train.patience ended it
+            flag = f" (stopped early: {patience} evaluations without a new best)"
         lines.append(
             f"- {r['name']}: {best[0]} / {r['steps']} ({curve[0][1]:.2f} → {best[1]:.2f} → {curve[-1][1]:.2f}), "
             f"lr {r['config']['train']['lr']:g}{flag}"

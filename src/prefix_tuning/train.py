@@ -204,6 +204,7 @@ def train(cfg: RunConfig, *, resume: bool = True, max_steps_this_call: int | Non
     scaler = torch.amp.GradScaler(device.type, enabled=dtype == torch.float16 and device.type == "cuda")
 
     step, best, train_seconds = 0, None, 0.0
+    stale = 0  # dev evaluations since the last new best (train.patience)
     ckpt_path = run.checkpoint
     if main:
         remove_stale_temps(run.path, ckpt_path.parent)  # left by writes that a kill cut short
@@ -214,6 +215,7 @@ def train(cfg: RunConfig, *, resume: bool = True, max_steps_this_call: int | Non
         held.load_optimizer_state(opt, saved["optimizer"])
         sched.load_state_dict(saved["scheduler"])
         step, best, train_seconds = saved["step"], saved["best_dev_loss"], saved["train_seconds"]
+        stale = saved.get("evals_since_best", 0)  # absent in checkpoints written before train.patience
         _set_rng_state(saved["rng"])
         if main and run.log.is_file() and run.log.stat().st_size > saved["log_bytes"]:
             os.truncate(run.log, saved["log_bytes"])  # lines after the checkpoint: the resumed run writes them again
@@ -239,6 +241,7 @@ def train(cfg: RunConfig, *, resume: bool = True, max_steps_this_call: int | Non
                 "scheduler": sched.state_dict(),
                 "step": step,
                 "best_dev_loss": best,
+                "evals_since_best": stale,
                 "train_seconds": train_seconds,
                 "rng": _rng_state(),
                 "log_bytes": os.fstat(log.fileno()).st_size,
@@ -246,16 +249,21 @@ def train(cfg: RunConfig, *, resume: bool = True, max_steps_this_call: int | Non
         )
 
     def evaluate(tag: dict) -> None:
-        nonlocal best
+        nonlocal best, stale
         if not dev_set:
             return
         loss = dev_loss(method, dev_set, tokenizer.pad_token_id, cfg, device, dtype, procs)
         log.write(json.dumps({**tag, "step": step, "dev_loss": loss}) + "\n")
         log.flush()
         if best is None or loss < best:
-            best = loss
+            best, stale = loss, 0
             held.save_artifact(run, cfg)  # the best weights are the run's output
+        else:
+            stale += 1
         method.train_mode(cfg.method.backbone_dropout)
+
+    def stopped_early() -> bool:
+        return cfg.train.patience is not None and stale >= cfg.train.patience
 
     log = open(run.log if main else os.devnull, "a", encoding="utf-8")  # one writer: the main process
     log.write(
@@ -282,7 +290,7 @@ def train(cfg: RunConfig, *, resume: bool = True, max_steps_this_call: int | Non
     steps_this_call = 0
     method.train_mode(cfg.method.backbone_dropout)
     try:
-        while step < total_steps:
+        while step < total_steps and not stopped_early():
             epoch, in_epoch = divmod(step, steps_per_epoch)
             idx = batches(len(train_set), cfg.train.batch_size, cfg.train.seed, epoch, lengths)[in_epoch]
             t0 = time.perf_counter()
@@ -334,8 +342,10 @@ def train(cfg: RunConfig, *, resume: bool = True, max_steps_this_call: int | Non
                 evaluate({"epoch": epoch})
             elif cfg.train.eval_steps and step % cfg.train.eval_steps == 0:
                 evaluate({"epoch": epoch})
-            if step % cfg.train.save_every == 0 or step == total_steps:
-                checkpoint()
+            if stopped_early():
+                log.write(json.dumps({"event": "early_stop", "step": step, "patience": cfg.train.patience}) + "\n")
+            if step % cfg.train.save_every == 0 or step == total_steps or stopped_early():
+                checkpoint()  # an early stop is final: a re-run resumes into the stopped state
             if max_steps_this_call is not None and steps_this_call >= max_steps_this_call and step < total_steps:
                 checkpoint()
                 break
@@ -345,7 +355,7 @@ def train(cfg: RunConfig, *, resume: bool = True, max_steps_this_call: int | Non
 
     artifact = run.artifact(cfg)
     procs.wait()  # every process sees whether the main process wrote the artifact
-    if step >= total_steps and (best is None or not artifact.exists()):
+    if (step >= total_steps or stopped_early()) and (best is None or not artifact.exists()):
         held.save_artifact(run, cfg)  # no dev set: the last weights are the output
     procs.wait()  # the run's files are written when any process returns
     epochs_done = step / steps_per_epoch
