@@ -6,6 +6,7 @@ from __future__ import annotations
 import statistics
 from collections import defaultdict
 from collections.abc import Callable, Sequence
+from functools import partial
 
 from .metrics import METRICS
 from .paper import E2E_RESULTS, INTRINSIC_BLEU
@@ -28,6 +29,14 @@ def _budget(train: dict) -> str:
 
 def mean_sd(xs: list[float]) -> tuple[float, float]:
     return statistics.fmean(xs), (statistics.stdev(xs) if len(xs) > 1 else 0.0)
+
+
+def mean_pm(xs: list[float], fmt: Callable[[float], str]) -> str:
+    """A table cell: the mean, `± sd` where there are several values (seeds), `-` where there are none."""
+    if not xs:
+        return "-"
+    mu, sd = mean_sd(xs)
+    return fmt(mu) + (f" ± {fmt(sd)}" if len(xs) > 1 else "")
 
 
 def step_seconds(run: dict) -> float:
@@ -181,11 +190,7 @@ def group_runs(runs: list[dict], *keys: str) -> dict[tuple, list[dict]]:
 
 def _cell(metric: str, rs: list[dict]) -> str:
     """Mean (± sd where several seeds) of a metric over runs, in the table's units."""
-    xs = [r["metrics"][metric] for r in rs if metric in r["metrics"]]
-    if not xs:
-        return "-"
-    mu, sd = mean_sd(xs)
-    return _fmt(metric, mu) + (f" ± {_fmt(metric, sd)}" if len(xs) > 1 else "")
+    return mean_pm([r["metrics"][metric] for r in rs if metric in r["metrics"]], partial(_fmt, metric))
 
 
 def table1_rows(data: dict) -> list[str]:

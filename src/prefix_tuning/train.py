@@ -344,9 +344,10 @@ def train(cfg: RunConfig, *, resume: bool = True, max_steps_this_call: int | Non
                 evaluate({"epoch": epoch})
             if stopped_early():
                 log.write(json.dumps({"event": "early_stop", "step": step, "patience": cfg.train.patience}) + "\n")
-            if step % cfg.train.save_every == 0 or step == total_steps or stopped_early():
-                checkpoint()  # an early stop is final: a re-run resumes into the stopped state
-            if max_steps_this_call is not None and steps_this_call >= max_steps_this_call and step < total_steps:
+            done = step == total_steps or stopped_early()  # an early stop is final: a re-run resumes into it
+            if step % cfg.train.save_every == 0 or done:
+                checkpoint()
+            if max_steps_this_call is not None and steps_this_call >= max_steps_this_call and not done:
                 checkpoint()
                 break
     finally:

@@ -5,11 +5,12 @@ runs hold `metrics = {"S": {...}, "U": {...}, "A": {...}}` (`corpora.score_webnl
 from __future__ import annotations
 
 import statistics
+from functools import partial
 from pathlib import Path
 
 from .paper import WEBNLG_RESULTS
 from .plots import METHOD_STYLE, pyplot, save
-from .report import fmt_webnlg, mean_sd
+from .report import fmt_webnlg, mean_pm
 
 SPLITS = ("S", "U", "A")
 METRICS = ("BLEU", "METEOR", "TER")
@@ -37,27 +38,12 @@ def sua_table(data: dict) -> list[str]:
     ]
     for method in methods:
         rs = [r for r in data["runs"] if r["method"] == method]
-        cells = []
-        for m in METRICS:
-            for s in SPLITS:
-                xs = _values(rs, m, s)
-                mu, sd = mean_sd(xs) if xs else (None, 0.0)
-                cells.append(
-                    "-" if mu is None else fmt_webnlg(m, mu) + (f" ± {fmt_webnlg(m, sd)}" if len(xs) > 1 else "")
-                )
+        cells = [mean_pm(_values(rs, m, s), partial(fmt_webnlg, m)) for m in METRICS for s in SPLITS]
         lines.append(f"| ours | {method} | {len(rs)} | " + " | ".join(cells) + " |")
     for method, vals in WEBNLG_RESULTS.items():
         cells = [(f"{v:.1f}" if m == "BLEU" else f"{v:.2f}") for m in METRICS for v in vals[m]]
         lines.append(f"| paper (GPT-2 M, full) | {method} | - | " + " | ".join(cells) + " |")
     return lines
-
-
-def _pm(xs: list[float], digits: int) -> str:
-    """Mean, with ± sd when there is more than one value; `-` for none."""
-    if not xs:
-        return "-"
-    mu, sd = mean_sd(xs)
-    return f"{mu:.{digits}f}" + (f" ± {sd:.{digits}f}" if len(xs) > 1 else "")
 
 
 def extrapolation(data: dict) -> list[str]:
@@ -78,7 +64,8 @@ def extrapolation(data: dict) -> list[str]:
         if not drops:
             continue
         per_seed = ", ".join(f"{d:.1f}" for d in drops)
-        lines.append(f"| ours | {method} | {len(rs)} | {per_seed} | {_pm(drops, 1)} | {_pm(ratios, 2)} |")
+        drop, ratio = mean_pm(drops, "{:.1f}".format), mean_pm(ratios, "{:.2f}".format)
+        lines.append(f"| ours | {method} | {len(rs)} | {per_seed} | {drop} | {ratio} |")
     for method, vals in WEBNLG_RESULTS.items():
         s, u, _ = vals["BLEU"]
         lines.append(f"| paper (GPT-2 M, full) | {method} | - | - | {s - u:.1f} | {u / s:.2f} |")
