@@ -221,14 +221,19 @@ def add_reproduce_parser(sub) -> None:
         + ")",
     )
     p.add_argument(
-        "--train-size", type=int, default=None, help="table1/ablation: train on a low-data subset of this size"
+        "--train-size",
+        type=int,
+        default=None,
+        help="table1/intrinsic/ablation/webnlg: train on a seeded subset of this size (default: table1 and "
+        f"intrinsic the whole E2E train set, ablation 200, webnlg {paper.WEBNLG_TRAIN_SIZE})",
     )
     p.add_argument(
         "--test-limit",
         type=int,
         default=None,
-        help="score the first N unique test MRs (default: the experiment's: "
-        + ", ".join(f"{e.name} {e.default_test_limit or 'all 630'}" for e in experiments.EXPERIMENTS.values())
+        help="score the first N unique test sources (default: the experiment's: "
+        + ", ".join(f"{e.name} {e.default_test_limit or 'all'}" for e in experiments.EXPERIMENTS.values())
+        + " (E2E: 630 MRs; WebNLG: 1,862 triple sets, N/2 seen and N/2 unseen)"
         + f"; --quick {experiments.QUICK_TEST_LIMIT}). CIDEr takes document frequencies from the scored "
         "refs, so it is only comparable at the same N",
     )
