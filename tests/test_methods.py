@@ -26,6 +26,12 @@ METHODS = {
     "adapter-fraction": ["method.name=adapter", "method.adapter_fraction=0.01"],
     "lora": ["method.name=lora", "method.lora_rank=2"],
     "embedding-only": ["method.name=prefix", "method.embedding_only=true", "method.prefix_length=3"],
+    "embedding-only-direct": [
+        "method.name=prefix",
+        "method.embedding_only=true",
+        "method.prefix_length=3",
+        "method.reparam=false",
+    ],
 }
 FILES = {
     "finetune-top": "top.safetensors",
@@ -33,6 +39,7 @@ FILES = {
     "adapter-fraction": "adapter.safetensors",
     "lora": "lora.safetensors",
     "embedding-only": "prompt.safetensors",
+    "embedding-only-direct": "prompt.safetensors",
     "infix": "infix.safetensors",
 }
 TINY = [

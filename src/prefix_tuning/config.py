@@ -83,7 +83,9 @@ class MethodConfig:
     prefix_length: int | None = 5
     """P, number of prefix positions per layer (paper appendix: 5 for E2E table-to-text)."""
     reparam: bool = True
-    """Train through the MLP reparameterisation (paper §4.3); False trains the prefix directly."""
+    """Train through the MLP reparameterisation (paper §4.3); False trains the prefix directly. Embedding-only
+    runs too: a (P, d) embedding through Linear(d, mlp_hidden) -> tanh -> Linear(mlp_hidden, d), as the original
+    code's embedding-only model; False trains the embeddings directly (prompt tuning)."""
     mlp_hidden: int = 512
     """Width of the reparameterisation MLP (paper: 512)."""
     prefix_dropout: float = 0.0
@@ -102,7 +104,7 @@ class MethodConfig:
     """For `finetune-top`: how many of the top transformer blocks are trained (paper's FT-top2)."""
     embedding_only: bool = False
     """For `prefix`: P trainable input embeddings prepended to the sequence, no per-layer activations (§7.2,
-    the prompt-tuning family); stored as (P, d) embeddings."""
+    the prompt-tuning family); trained through the MLP unless reparam=false; stored as (P, d) embeddings."""
     position: Literal["prefix", "infix"] = "prefix"
     """For `prefix`: `prefix` puts the activations before the sequence; `infix` between the table and the
     separator, `[x; INFIX; y]` (§7.3; see `prefix_tuning.infix`), for training and decoding."""

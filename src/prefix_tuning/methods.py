@@ -131,9 +131,16 @@ def _prefix_method(cfg: MethodConfig, model: nn.Module, tokenizer, seed: int) ->
     if cfg.embedding_only:  # §7.2: words init = the words' own input embeddings
         embed = model.get_input_embeddings()
         torch.manual_seed(seed)
-        init = embed(ids)[0].detach() if ids is not None else None
-        enc = PromptEmbedding(length, embed.weight.shape[1], init=init, std=float(embed.weight.detach().std()))
-        return Method(cfg.name, model, enc.to(device))
+        enc = PromptEmbedding(
+            length,
+            embed.weight.shape[1],
+            reparam=cfg.reparam,
+            mlp_hidden=cfg.mlp_hidden,
+            std=float(embed.weight.detach().float().std()),
+        ).to(device)
+        if ids is not None:
+            enc.init_from_embeddings(embed(ids)[0], steps=cfg.init_steps)
+        return Method(cfg.name, model, enc)
     init = activations_of(model, ids) if ids is not None else None
     torch.manual_seed(seed)
     enc = PrefixEncoder(
