@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 import pytest
@@ -72,6 +73,16 @@ def test_rerun_skips_finished_runs(quick_demo, monkeypatch):
     assert json.loads((other / "results.json").read_text()) == json.loads(
         (quick_demo / "results" / "results.json").read_text()
     )
+
+
+def test_finished_run_reused_only_for_the_same_plan(quick_demo, tmp_path, capsys):
+    """Another lr or another number of scored test MRs does not silently reuse a finished run: the error names
+    the difference and the fix; the same plan (test_rerun_skips_finished_runs) is the control."""
+    runs = ["--runs-dir", str(quick_demo / "runs")]
+    assert main(["reproduce", "demo", "--quick", "--out", str(tmp_path / "a"), *runs, "train.lr=2e-3"]) == 2
+    assert re.search(r"error: .*result.json: .*train\.lr: 0\.001 -> 0\.002.*deleting", capsys.readouterr().err)
+    assert main(["reproduce", "demo", "--quick", "--out", str(tmp_path / "b"), "--test-limit", "4", *runs]) == 2
+    assert "test sources scored: 8 -> 4" in capsys.readouterr().err
 
 
 def test_reused_run_keeps_its_outputs_after_generate(quick_demo):

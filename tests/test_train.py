@@ -10,6 +10,7 @@ import torch
 from safetensors.torch import load_file
 
 from prefix_tuning import checkpoint
+from prefix_tuning.config import ConfigError
 from prefix_tuning.configfile import load_config
 from prefix_tuning.models import build_tiny
 from prefix_tuning.train import train
@@ -76,6 +77,20 @@ def test_resume_equals_uninterrupted(tmp_path):
         if "loss" in json.loads(x)
     ]
     assert a == b
+
+
+def test_resume_refuses_other_training_settings(tmp_path):
+    """A checkpoint resumes only under the settings that trained it: a changed lr (or method, data...) fails
+    loudly, naming the setting; changing where and how it computes (threads, save_every) is the control that
+    still resumes."""
+    part = _cfg(tmp_path, "train.max_steps=4", "train.eval_every_epoch=false")
+    assert train(part, max_steps_this_call=2).steps == 2
+    with pytest.raises(ConfigError, match=r"train\.lr: 0\.01 -> 0\.001.*delete"):
+        train(_cfg(tmp_path, "train.max_steps=4", "train.eval_every_epoch=false", "train.lr=1e-3"))
+    with pytest.raises(ConfigError, match=r"method\.prefix_length: 5 -> 3"):
+        train(_cfg(tmp_path, "train.max_steps=4", "train.eval_every_epoch=false", "method.prefix_length=3"))
+    moved = _cfg(tmp_path, "train.max_steps=4", "train.eval_every_epoch=false", "train.num_threads=1")
+    assert train(moved).steps == 4
 
 
 def test_grad_accumulation_matches_one_batch(tmp_path):

@@ -213,6 +213,37 @@ class RunConfig:
     """Run directory: config.yaml, prefix.safetensors or model.safetensors, log.jsonl, checkpoints/."""
 
 
+FREE_ON_RESUME = frozenset(
+    {
+        "data.dir",
+        "train.precision",
+        "train.device",
+        "train.num_threads",
+        "train.save_every",
+        "train.patience",
+        "train.gradient_checkpointing",
+        "train.fsdp",
+    }
+)
+"""Settings a resumed or reused run may change: where the data lives, how and where it computes, when it
+checkpoints or stops. Every other model/data/method/train setting decides the trained weights."""
+
+
+def weight_changes(then: dict[str, Any], now: RunConfig) -> list[str]:
+    """The settings deciding the trained weights that differ between a run's saved config (`then`, as its
+    config.yaml or result.json holds it) and `now`, as `key: then -> now`; keys `then` lacks (written by an
+    older version, before the setting existed) are skipped."""
+    out = []
+    for key in valid_keys():
+        section, _, name = key.partition(".")
+        if section not in ("model", "data", "method", "train") or key in FREE_ON_RESUME:
+            continue
+        old = then.get(section, {})
+        if name in old and old[name] != _get(now, key):
+            out.append(f"{key}: {show_value(old[name])} -> {show_value(_get(now, key))}")
+    return out
+
+
 def show_value(value: Any, limit: int = 80) -> str:
     """repr of a value for messages, cut when long; an int too long for repr (over 4300 digits) by its size."""
     try:

@@ -12,7 +12,7 @@ from pathlib import Path
 
 from . import report as rep
 from . import webnlg_report
-from .config import RunConfig
+from .config import ConfigError, RunConfig, weight_changes
 from .configfile import to_dict
 from .experiments import Plan, Run, experiment
 from .generate import generate_run
@@ -33,6 +33,7 @@ def run_one(
     rd = RunDir(run.cfg.out_dir)
     done = read_result(rd)
     if done is not None:  # finished earlier, maybe for another results folder: reuse it, outputs included
+        _check_reusable(rd, done, run.cfg, test_limit)
         outputs = rd.result_decoded.outputs
         if not outputs.is_file():  # a run finished before results had their own outputs file
             outputs = rd.decoded("test").outputs
@@ -82,6 +83,19 @@ def run_one(
         rd.checkpoint.unlink(missing_ok=True)
     write_result(rd, result)
     return result
+
+
+def _check_reusable(rd: RunDir, done: dict, cfg: RunConfig, test_limit: int | None) -> None:
+    """A finished run is reused only for the same training settings and the same scored test set; otherwise a
+    table would mix runs of two plans without saying so."""
+    problems = weight_changes(done["config"], cfg)
+    if done["test_mrs"] != (test_limit or "all"):
+        problems.append(f"test sources scored: {done['test_mrs']} -> {test_limit or 'all'}")
+    if problems:
+        raise ConfigError(
+            f"{rd.result}: this run finished under other settings ({'; '.join(problems)}). Re-run it by deleting "
+            f"{rd.path}, or keep both with another --runs-dir"
+        )
 
 
 def _resolved_config(cfg: RunConfig, train_precision: str, decode_precision: str) -> dict:

@@ -20,11 +20,12 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
+import yaml
 from torch import Tensor
 from tqdm.auto import tqdm
 
 from .checkpoint import RESTART, CorruptFileError, load_checkpoint, remove_stale_temps, save_checkpoint
-from .config import RunConfig
+from .config import ConfigError, RunConfig, weight_changes
 from .configfile import save_config
 from .corpora import train_dev_examples
 from .data import IGNORE_INDEX, E2EDataset, collate
@@ -143,6 +144,17 @@ def _set_rng_state(state: dict) -> None:
         torch.cuda.set_rng_state_all(state["cuda"])
 
 
+def check_same_training(run: RunDir, cfg: RunConfig) -> None:
+    """Refuse to resume `run`'s checkpoint under settings that would train other weights (a changed lr, method,
+    data...): the result would belong to neither config."""
+    changes = weight_changes(yaml.safe_load(run.config.read_text(encoding="utf-8")) or {}, cfg)
+    if changes:
+        raise ConfigError(
+            f"{run.config}: its checkpoint was trained with other settings ({'; '.join(changes)}); resuming would "
+            f"mix them. Keep the old settings, or start over: a new out_dir, or delete {run.checkpoint.parent}"
+        )
+
+
 def train(cfg: RunConfig, *, resume: bool = True, max_steps_this_call: int | None = None) -> TrainResult:
     """Train per `cfg`, writing everything into `cfg.out_dir`. Re-running resumes from the last checkpoint.
 
@@ -164,6 +176,8 @@ def train(cfg: RunConfig, *, resume: bool = True, max_steps_this_call: int | Non
     precision = resolve_precision(launcher_precision(cfg.train.precision), device)
     # config.yaml records what was used: `auto` resolved for this machine
     cfg = dataclasses.replace(cfg, train=dataclasses.replace(cfg.train, precision=precision))
+    if resume and run.checkpoint.is_file() and run.config.is_file():
+        check_same_training(run, cfg)
     if main:
         run.path.mkdir(parents=True, exist_ok=True)
         save_config(cfg, run.config)
