@@ -156,7 +156,7 @@ def init_plot(data: dict, out_dir: Path) -> Path:
     runs = [r for r in data["runs"] if "BLEU" in r["metrics"]]
     inits = list(dict.fromkeys(r["init"] for r in runs))
     sizes = sorted({r["size"] for r in runs})
-    fig, ax = plt.subplots(figsize=(max(6, 1.2 * len(inits) * len(sizes)), 4))
+    fig, ax = plt.subplots(figsize=(max(6, 1.1 * len(inits) + 1), 4))
     width = 0.8 / len(sizes)
     for j, n in enumerate(sizes):
         xs = [i + (j - (len(sizes) - 1) / 2) * width for i in range(len(inits))]
