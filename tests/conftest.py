@@ -30,3 +30,9 @@ def one_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(before)
+
+
+@pytest.fixture(params=[pytest.param(1, id="fast"), pytest.param(20, id="slow", marks=pytest.mark.slow)])
+def scale(request) -> int:
+    """Property-test size multiplier: `slow` variants (`-m slow`) run 20x as many examples."""
+    return request.param
