@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import gzip
 import hashlib
-import importlib.util
 import io
 import os
 import urllib.error
@@ -456,34 +455,3 @@ def test_reexports_are_the_e2e_objects():
     copies = [name for name in e2e.__all__ if getattr(data, name) is not getattr(e2e, name)]
     assert not copies, f"prefix_tuning.data.{copies} are not the objects of prefix_tuning.e2e"
     assert issubclass(data.DataError, ValueError)  # `prefix-tuning generate` catches ValueError
-
-
-def _script(name: str):
-    spec = importlib.util.spec_from_file_location(name, REPO / "scripts" / f"{name}.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-def test_mr_coverage_script():
-    """scripts/mr_coverage.py (README Table 1's last two columns): free-text values counted verbatim, any case;
-    eatType/priceRange/... not counted; one output per MR or a clear error."""
-    cov = _script("mr_coverage").coverage
-    mrs = ["name[The Eagle], eatType[pub], food[Thai]", "name[Alimentum], area[city centre], near[Yippee Noodle Bar]"]
-    words, share, n = cov(mrs, ["the eagle is a pub.", "Alimentum is in the City Centre."])
-    assert (words, n) == (5.5, 5) and share == pytest.approx(3 / 5)  # Thai and Yippee Noodle Bar missing
-    assert cov(mrs, ["The Eagle serves Thai food.", "Alimentum, city centre, near Yippee Noodle Bar."])[1] == 1.0
-    with pytest.raises(ValueError, match="1 outputs for 2 MRs"):
-        cov(mrs, ["x"])
-
-
-def test_output_stats_script():
-    """scripts/output_stats.py (README, WebNLG): a 4-gram seen twice counts, any case; three words cannot repeat a
-    4-gram; mean words over outputs; no outputs is an error."""
-    m = _script("output_stats")
-    assert m.repeats_ngram("The cat sat on the CAT SAT ON the mat")  # "the cat sat on" twice
-    assert not m.repeats_ngram("the cat sat on the mat") and not m.repeats_ngram("a a a")
-    assert m.repeats_ngram("a a a a a")  # "a a a a" at 0 and 1
-    assert m.stats(["a b c", "x y z x y z x y z w"]) == (6.5, 0.5)
-    with pytest.raises(ValueError, match="no outputs"):
-        m.stats([])
