@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import os
+import urllib.error
+import urllib.request
 from pathlib import Path
 
 import pytest
@@ -36,3 +38,13 @@ def one_thread():
 def scale(request) -> int:
     """Property-test size multiplier: `slow` variants (`-m slow`) run 20x as many examples."""
     return request.param
+
+
+@pytest.fixture
+def no_network(monkeypatch):
+    """No test that uses this may reach the network: any download attempt fails as if offline."""
+
+    def offline(*a, **k):
+        raise urllib.error.URLError("network disabled in tests")
+
+    monkeypatch.setattr(urllib.request, "urlopen", offline)
