@@ -24,6 +24,7 @@ from .hardware import PRECISIONS
 from .metrics import METRICS, EvalInputError
 from .metrics.cli import add_evaluate_parser
 from .models import ModelLoadError
+from .run import ARTIFACTS, INFIX_FILE, PROMPT_FILE
 from .serve_api import ApiError
 from .serve_state import load_state
 from .train import train
@@ -84,7 +85,9 @@ def add_generate_parser(subparsers) -> argparse.ArgumentParser:
         "run_dirs",
         nargs="+",
         metavar="RUN_DIR",
-        help="run dir(s) holding config.yaml and prefix.safetensors or model.safetensors",
+        help="run dir(s) holding config.yaml and what the method trained ("
+        + ", ".join(sorted({*ARTIFACTS.values(), PROMPT_FILE, INFIX_FILE}))
+        + ")",
     )
     p.add_argument(
         "--split",
