@@ -141,6 +141,7 @@ def test_plan_recipes():
     assert [(x.cfg.data.subset_seed, x.cfg.train.seed) for x in t.runs[5:7]] == [(0, 101), (1, 102)]
     assert t.test_limit is None
     assert t.runs[0].cfg.train.lr == 8e-5 and t.runs[2].cfg.method.top_k_layers == 2
+    assert (t.runs[1].cfg.train.lr, t.runs[2].cfg.train.lr) == (5e-5, 2e-4)  # FT-top2's lr chosen on dev (SUBSET_LR)
     assert {x.cfg.train.epochs for x in t.runs} == {experiments.SUBSET_EPOCHS}  # a subset: every row trains longer
     assert [x.cfg.method.adapter_fraction for x in t.runs[3:5]] == [0.03, 0.001]
     assert [x.cfg.train.lr for x in t.runs[3:5]] == [5e-5, 5e-3]  # the 0.1% adapter's lr chosen on dev at this scale
@@ -156,7 +157,7 @@ def test_plan_recipes():
     full = experiments.plan("table1", model="m", grid=experiments.Grid(seeds=(0,)))
     assert full.runs[5].cfg.train.warmup_steps == 500  # the LoRA paper's own setting on the full data
     assert {x.cfg.train.epochs for x in full.runs} == {5}  # and the paper's 5 epochs
-    assert full.runs[4].cfg.train.lr == 5e-5  # full data: the recipe's lr for every adapter
+    assert full.runs[4].cfg.train.lr == full.runs[2].cfg.train.lr == 5e-5  # full data: the recipe's lr
     assert {x.cfg.train.patience for x in t.runs + full.runs} == {None}  # Table 1: every seed the whole budget
     i = experiments.plan("intrinsic", model="m", grid=experiments.Grid(seeds=(0,)))
     assert [(x.cfg.method.prefix_length, x.cfg.method.embedding_only) for x in i.runs] == [
