@@ -307,9 +307,11 @@ def test_table1_report_seeds_and_convergence():
             _result("finetune-top2-s0", "finetune-top2", 0, 0.20, [[10, 9.0], [20, 8.0], [30, 7.0]]),
         ]
     }
+    data["runs"][0]["step_seconds_median"], data["runs"][1]["step_seconds_median"] = 1.5, 3.0  # seed 1: busy CPU
     lines = report.table1_rows(data)
     row = next(line for line in lines if line.startswith("| prefix |"))
     assert row.startswith("| prefix | 2 | 65.0 ± 7.1 | 69.7 |")
+    assert row.endswith("| 10 | 0.00 | 1.50 |")  # s/step: the fastest seed's, not the busy one's (mean 2.25)
     assert next(line for line in lines if line.startswith("| finetune-top2 |")).startswith(
         "| finetune-top2 | 1 | 20.0 |"
     )
