@@ -121,15 +121,18 @@ def method_bars(data: dict, out_dir: Path) -> Path:
 
 
 def intrinsic_plot(data: dict, out_dir: Path) -> Path:
-    """BLEU vs P per variant (solid: ours; dashed: the paper's, §7.2-7.3)."""
+    """BLEU vs P per variant (solid: ours, the mean over seeds, dots = seeds; dashed: the paper's, §7.2-7.3)."""
     plt = pyplot()
     fig, ax = plt.subplots(figsize=(6, 4))
+    all_ps = sorted({r["prefix_length"] for r in data["runs"]} | {p for v in INTRINSIC_BLEU.values() for p in v})
     for variant in dict.fromkeys(r["method"] for r in data["runs"]):
         groups = group_runs(
             [r for r in data["runs"] if r["method"] == variant and "BLEU" in r["metrics"]], "prefix_length"
         )
         ps = sorted(P for (P,) in groups)
         name, color = METHOD_STYLE.get(variant, (variant, None))
+        seeds = [(P, 100 * r["metrics"]["BLEU"]) for P in ps for r in groups[(P,)]]
+        ax.scatter(*zip(*seeds), color=color, alpha=0.4, s=14) if seeds else None
         ax.plot(
             ps,
             [100 * statistics.fmean(r["metrics"]["BLEU"] for r in groups[(P,)]) for P in ps],
@@ -142,11 +145,12 @@ def intrinsic_plot(data: dict, out_dir: Path) -> Path:
             ax.plot(
                 ps, [INTRINSIC_BLEU[variant][p] for p in ps], "x--", color=color, alpha=0.6, label=f"{name} (paper)"
             )
+    ax.set_xticks(all_ps, [str(p) for p in all_ps])
     ax.set_xlabel("P")
     ax.set_ylabel("BLEU (%)")
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
-    ax.set_title(f"§7.2-7.3 on E2E ({data['runs'][0]['config']['model']['name']})")
+    ax.set_title(f"§7.2-7.3 on E2E ({data['runs'][0]['config']['model']['name']}; dots = seeds)")
     return save(fig, out_dir / "intrinsic.png")
 
 
